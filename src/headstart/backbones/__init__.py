@@ -1,0 +1,1 @@
+"""Backbones: transformers models built from configs (no download) or loaded from a directory."""

@@ -1,0 +1,25 @@
+"""Config registration: structured schemas and resolvers, cheap to import (no torch)."""
+
+from __future__ import annotations
+
+from hydra.core.config_store import ConfigStore
+
+from headstart.config import schema
+
+_SCHEMAS = {
+    (None, "train_schema"): schema.TrainConfig,
+    ("schema/paths", "paths"): schema.PathsConfig,
+    ("schema/trainer", "trainer"): schema.TrainerConfig,
+    ("schema/data", "text_lm"): schema.TextLMDataConfig,
+    ("schema/data", "text_classification"): schema.TextClassificationDataConfig,
+    ("schema/model", "text_backbone"): schema.TextBackboneConfig,
+    ("schema/task", "masked_lm"): schema.MaskedLMConfig,
+    ("schema/task", "sequence_classification"): schema.SequenceClassificationConfig,
+}
+
+
+def register_configs() -> None:
+    """Put the schemas into Hydra's ConfigStore; group option YAMLs name them in their defaults."""
+    store = ConfigStore.instance()
+    for (group, name), node in _SCHEMAS.items():
+        store.store(group=group, name=name, node=node)

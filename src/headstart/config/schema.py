@@ -1,0 +1,181 @@
+"""Structured-config schemas. Hydra validates every composed config and override against these,
+so an unknown key or a wrong type fails before any model is built, naming the key.
+
+Each group option YAML lists its schema first in its defaults (``- text_lm_schema``), the
+documented Hydra pattern for group schemas. Registered in ``headstart.config.register_configs``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from omegaconf import II, MISSING
+
+
+@dataclass
+class PathsConfig:
+    root_dir: str = "."
+    data_dir: str = "${paths.root_dir}/data"
+    log_dir: str = "${paths.root_dir}/outputs"
+    cache_dir: str = "${paths.root_dir}/.cache/headstart"
+    output_dir: str = "${hydra:runtime.output_dir}"
+
+
+@dataclass
+class TrainerConfig:
+    """The keyword arguments of ``lightning.pytorch.Trainer`` that a config may set."""
+
+    _target_: str = "lightning.pytorch.Trainer"
+    accelerator: str = "auto"
+    strategy: Any = "auto"
+    devices: Any = "auto"
+    num_nodes: int = 1
+    precision: Any = None
+    fast_dev_run: Any = False
+    max_epochs: int | None = None
+    min_epochs: int | None = None
+    max_steps: int = -1
+    min_steps: int | None = None
+    max_time: Any = None
+    limit_train_batches: Any = None
+    limit_val_batches: Any = None
+    limit_test_batches: Any = None
+    limit_predict_batches: Any = None
+    overfit_batches: Any = 0.0
+    val_check_interval: Any = None
+    check_val_every_n_epoch: int | None = 1
+    num_sanity_val_steps: int | None = None
+    log_every_n_steps: int | None = None
+    enable_checkpointing: bool | None = None
+    enable_progress_bar: bool | None = None
+    enable_model_summary: bool | None = None
+    accumulate_grad_batches: int = 1
+    gradient_clip_val: float | None = None
+    gradient_clip_algorithm: str | None = None
+    deterministic: Any = None
+    benchmark: bool | None = None
+    inference_mode: bool = True
+    use_distributed_sampler: bool = True
+    profiler: Any = None
+    detect_anomaly: bool = False
+    barebones: bool = False
+    plugins: Any = None
+    sync_batchnorm: bool = False
+    reload_dataloaders_every_n_epochs: int = 0
+    default_root_dir: str | None = "${paths.output_dir}"
+
+
+@dataclass
+class TextDataConfig:
+    """Fields shared by every text data module."""
+
+    _target_: str = MISSING
+    builtin: str | None = None
+    train_files: list[str] = field(default_factory=list)
+    val_files: list[str] = field(default_factory=list)
+    test_files: list[str] = field(default_factory=list)
+    text_column: str = "text"
+    val_fraction: float = 0.1
+    tokenizer: str | None = None
+    tokenizer_type: str = "wordpiece"
+    vocab_size: int = 8000
+    lowercase: bool = True
+    max_length: int = 128
+    batch_size: int = 32
+    eval_batch_size: int | None = None
+    num_workers: int = 0
+    num_proc: int | None = None
+    data_dir: str = II("paths.data_dir")
+    cache_dir: str = II("paths.cache_dir")
+    seed: int = II("seed")
+
+
+@dataclass
+class TextLMDataConfig(TextDataConfig):
+    _target_: str = "headstart.data.text_lm.TextLMDataModule"
+    packing: str = "blocks"
+
+
+@dataclass
+class TextClassificationDataConfig(TextDataConfig):
+    _target_: str = "headstart.data.text_classification.TextClassificationDataModule"
+    label_column: str = "label"
+    label_fraction: float = 1.0
+
+
+@dataclass
+class TextBackboneConfig:
+    """A transformers backbone: built from ``arch`` (a config, no download), or loaded from ``name_or_path``."""
+
+    _target_: str = "headstart.backbones.text.TextBackboneSpec"
+    arch: dict[str, Any] = field(default_factory=dict)
+    name_or_path: str | None = None
+    init_from: str | None = None
+    attn_implementation: str = "sdpa"
+
+
+@dataclass
+class TaskConfig:
+    """Fields shared by every objective and downstream head."""
+
+    _target_: str = MISSING
+    optimizer: Any = MISSING
+    scheduler: Any = None
+    monitor: str = "val/loss"
+    monitor_mode: str = "min"
+
+
+@dataclass
+class MaskedLMConfig(TaskConfig):
+    _target_: str = "headstart.objectives.masked_lm.MaskedLanguageModeling"
+    mlm_probability: float = 0.15
+    mask_replace_prob: float = 0.8
+    random_replace_prob: float = 0.1
+
+
+@dataclass
+class SequenceClassificationConfig(TaskConfig):
+    _target_: str = "headstart.heads.sequence_classification.SequenceClassifier"
+    pooling: str = "cls"
+    classifier_dropout: float = 0.1
+    monitor: str = "val/acc"
+    monitor_mode: str = "max"
+
+
+@dataclass
+class StageConfig:
+    """One pipeline stage: an experiment plus overrides that apply to it alone."""
+
+    experiment: str = MISSING
+    overrides: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class PipelineConfig:
+    pretrain: StageConfig = field(default_factory=StageConfig)
+    finetune: StageConfig = field(default_factory=StageConfig)
+    scratch_baseline: bool = True
+    metric: str = "test/acc"
+
+
+@dataclass
+class TrainConfig:
+    """The root of every composed config."""
+
+    task_name: str = "train"
+    seed: int = 42
+    run_name: str | None = None
+    run_group: str | None = None
+    paths: PathsConfig = MISSING
+    data: Any = MISSING
+    model: Any = MISSING
+    task: Any = MISSING
+    trainer: Any = MISSING
+    logger: Any = None
+    callbacks: Any = None
+    pipeline: PipelineConfig | None = None
+    ckpt_path: str | None = None
+    test_after_fit: bool = True
+    export_backbone: bool = True
+    optimized_metric: str | None = None

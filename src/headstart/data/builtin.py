@@ -1,0 +1,105 @@
+"""Data sets that ship with Python, written out as ordinary files so they take the same path as
+the user's own files.
+
+``pydoc_topics``: the pydoc topic pages (the language reference), one paragraph a line, for
+language-model pretraining. ``pydoc_topics_cls``: the same paragraphs labelled with the part of the
+reference they come from. Paragraphs are split by a hash of their text, and the labelled test
+paragraphs are left out of the pretraining corpus, so pretraining never sees test inputs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+from pathlib import Path
+
+from headstart.errors import ConfigError
+
+# Which part of the language reference each pydoc topic belongs to.
+_TOPIC_CLASSES = {
+    "statement": (
+        "assert assignment async augassign break class compound continue del else for function global if "
+        "import nonlocal pass raise return try while with yield"
+    ),
+    "expression": (
+        "atom-identifiers atom-literals attribute-references await binary bitwise booleans calls comparisons "
+        "conversions dict exprlists floating formatstrings identifiers imaginary in integers lambda lists "
+        "numbers operator-summary power shifting slicings strings subscriptions unary"
+    ),
+    "data_model": (
+        "attribute-access callable-types context-managers customization id-classes numeric-types objects "
+        "sequence-types specialattrs specialnames types truth"
+    ),
+    "builtin_type": (
+        "bltin-code-objects bltin-ellipsis-object bltin-null-object bltin-type-objects string-methods "
+        "typesfunctions typesmapping typesmethods typesmodules typesseq typesseq-mutable"
+    ),
+    "execution": "debugger dynamic-features exceptions execmodel naming",
+}
+_MIN_WORDS = 8
+
+
+def _split_of(text: str) -> str:
+    bucket = int(hashlib.sha1(text.encode()).hexdigest()[:8], 16) % 10
+    return {0: "test", 1: "validation"}.get(bucket, "train")
+
+
+def pydoc_paragraphs() -> list[tuple[str, str, str]]:
+    """(text, label, split) for every distinct paragraph of the pydoc topics with a single label."""
+    from pydoc_data.topics import topics
+
+    topic_to_label = {t: label for label, names in _TOPIC_CLASSES.items() for t in names.split()}
+    labels: dict[str, set[str]] = {}
+    for topic, body in sorted(topics.items()):
+        label = topic_to_label.get(topic)
+        if label is None:  # a topic added in a newer Python: not labelled, still pretraining text
+            label = "unlabelled"
+        for para in re.split(r"\n\s*\n", body):
+            text = " ".join(para.split())
+            if len(text.split()) >= _MIN_WORDS:
+                labels.setdefault(text, set()).add(label)
+    return [(text, next(iter(lab)), _split_of(text)) for text, lab in labels.items() if len(lab) == 1]
+
+
+def _write_atomic(path: Path, lines: list[str]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + f".tmp{os.getpid()}")
+    tmp.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def _materialize_pydoc_topics(root: Path) -> dict[str, list[str]]:
+    paras = pydoc_paragraphs()
+    files = {}
+    for split in ("train", "validation"):
+        path = root / f"{split}.txt"
+        if not path.exists():
+            _write_atomic(path, [t for t, _, s in paras if s == split])
+        files[split] = [str(path)]
+    return files
+
+
+def _materialize_pydoc_topics_cls(root: Path) -> dict[str, list[str]]:
+    paras = [p for p in pydoc_paragraphs() if p[1] != "unlabelled"]
+    files = {}
+    for split in ("train", "validation", "test"):
+        path = root / f"{split}.jsonl"
+        if not path.exists():
+            _write_atomic(path, [json.dumps({"text": t, "label": lab}) for t, lab, s in paras if s == split])
+        files[split] = [str(path)]
+    return files
+
+
+BUILTINS = {"pydoc_topics": _materialize_pydoc_topics, "pydoc_topics_cls": _materialize_pydoc_topics_cls}
+
+
+def materialize(name: str, data_dir: str) -> dict[str, list[str]]:
+    """Write builtin data set ``name`` under ``data_dir`` (once) and return its files per split."""
+    if name not in BUILTINS:
+        raise ConfigError(
+            f"data.builtin={name!r} is not a builtin data set; use one of {sorted(BUILTINS)}, "
+            "or set data.builtin=null and give your own files with data.train_files=[...]."
+        )
+    return BUILTINS[name](Path(data_dir) / "builtin" / name)

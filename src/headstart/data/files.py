@@ -1,0 +1,73 @@
+"""Reading local text files (.txt, .jsonl, .csv, .parquet) into a ``datasets.DatasetDict``."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from headstart.errors import DataError
+
+# File suffix -> the `datasets` packaged builder that reads it.
+BUILDERS = {".txt": "text", ".text": "text", ".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
+
+
+def check_files(split: str, paths: list[str]) -> str:
+    """Check that every file of a split exists, is non-empty and has a known suffix; return the builder."""
+    builders = set()
+    for path in paths:
+        p = Path(path)
+        if not p.is_file():
+            raise DataError(
+                f"data.{split}_files: {path!r} does not exist (looked in {p.resolve().parent}). "
+                "Give the path of an existing file, absolute or relative to where you run train.py."
+            )
+        if p.stat().st_size == 0:
+            raise DataError(f"data.{split}_files: {path!r} is empty. Point the data config at a file with text in it.")
+        suffix = p.suffix.lower()
+        if suffix not in BUILDERS:
+            raise DataError(
+                f"data.{split}_files: {path!r} has suffix {suffix!r}, which headstart cannot read; "
+                f"use one of {', '.join(sorted(BUILDERS))}."
+            )
+        builders.add(BUILDERS[suffix])
+    if len(builders) > 1:
+        raise DataError(f"data.{split}_files mixes file types ({sorted(builders)}); give files of one type per split.")
+    return builders.pop()
+
+
+def fingerprint(paths: list[str]) -> list[tuple[str, int, int]]:
+    """What identifies a file's contents for caching: its path, size and modification time."""
+    return [(os.path.abspath(p), os.path.getsize(p), os.stat(p).st_mtime_ns) for p in paths]
+
+
+def load_files(files: dict[str, list[str]], text_column: str, cache_dir: str, required: tuple[str, ...] = ()):
+    """Load each split's files; rows whose text is empty are dropped; an empty split is an error."""
+    import datasets
+
+    datasets.disable_progress_bars()
+    splits = {}
+    for split, paths in files.items():
+        builder = check_files(split, paths)
+        try:
+            ds = datasets.load_dataset(builder, data_files={split: paths}, split=split, cache_dir=cache_dir)
+        except Exception as err:  # noqa: BLE001 - any reader failure here is a problem with the user's file
+            cause = err.__cause__ or err
+            raise DataError(
+                f"data.{split}_files: could not read {paths} as {builder} ({type(cause).__name__}: "
+                f"{str(cause).splitlines()[0] if str(cause) else ''}). Check that the file is UTF-8 text "
+                "in the format its suffix says."
+            ) from None
+        column = "text" if builder == "text" else text_column
+        missing = [c for c in (column, *required) if c not in ds.column_names]
+        if missing:
+            raise DataError(
+                f"data.{split}_files: {paths} has no column {missing[0]!r} (columns: {ds.column_names}). "
+                f"Set data.text_column / data.label_column to the right names."
+            )
+        if column != "text":
+            ds = ds.rename_column(column, "text")
+        ds = ds.filter(lambda row: isinstance(row["text"], str) and row["text"].strip() != "")
+        if len(ds) == 0:
+            raise DataError(f"data.{split}_files: {paths} holds no non-empty text. Point the config at a file with data.")
+        splits[split] = ds
+    return datasets.DatasetDict(splits)

@@ -1,0 +1,211 @@
+"""The shared text data module: files -> tokenizer -> tokenized splits (cached) -> DataLoaders.
+
+Subclasses say how a split is tokenized (``_tokenize``) and what extra arguments the task needs
+(``task_kwargs``); the task supplies the collator (masking, padding) with ``set_collator``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+from torch.utils.data import DataLoader
+
+from headstart.data import builtin, files
+from headstart.data.tokenizer import load_tokenizer, tokenizer_fingerprint, train_tokenizer
+from headstart.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+
+class TextDataModule(pl.LightningDataModule):
+    def __init__(
+        self,
+        builtin: str | None = None,
+        train_files: list[str] | None = None,
+        val_files: list[str] | None = None,
+        test_files: list[str] | None = None,
+        text_column: str = "text",
+        val_fraction: float = 0.1,
+        tokenizer: str | None = None,
+        tokenizer_type: str = "wordpiece",
+        vocab_size: int = 8000,
+        lowercase: bool = True,
+        max_length: int = 128,
+        batch_size: int = 32,
+        eval_batch_size: int | None = None,
+        num_workers: int = 0,
+        num_proc: int | None = None,
+        data_dir: str = "data",
+        cache_dir: str = ".cache/headstart",
+        seed: int = 42,
+    ) -> None:
+        super().__init__()
+        if builtin is None and not train_files:
+            raise ConfigError(
+                "No training data: set data.train_files=[path, ...] to your own files, "
+                "or data.builtin to a data set that ships with headstart (e.g. pydoc_topics)."
+            )
+        if not 0.0 < val_fraction < 1.0:
+            raise ConfigError(f"data.val_fraction={val_fraction} must lie strictly between 0 and 1.")
+        self.builtin = builtin
+        self.split_files = {"train": list(train_files or []), "validation": list(val_files or []),
+                            "test": list(test_files or [])}
+        self.text_column = text_column
+        self.val_fraction = val_fraction
+        self.tokenizer_path = tokenizer
+        self.tokenizer_type = tokenizer_type
+        self.vocab_size = vocab_size
+        self.lowercase = lowercase
+        self.max_length = max_length
+        self.batch_size = batch_size
+        self.eval_batch_size = eval_batch_size or batch_size
+        self.num_workers = num_workers
+        self.num_proc = num_proc
+        self.data_dir = data_dir
+        self.cache_dir = cache_dir
+        self.seed = seed
+        self.tokenizer = None
+        self.datasets = None
+        self.collator = None
+        self.loaded_from_cache = False
+
+    # -- what subclasses define -------------------------------------------------------------
+    required_columns: tuple[str, ...] = ()
+
+    def _tokenize(self, raw):
+        """Turn the raw DatasetDict (column ``text``) into model inputs."""
+        raise NotImplementedError
+
+    def _cache_settings(self) -> dict[str, Any]:
+        """Settings beyond files and tokenizer that change the tokenized result."""
+        return {}
+
+    def task_kwargs(self) -> dict[str, Any]:
+        """Arguments the task module needs from the data (e.g. ``num_labels``)."""
+        return {}
+
+    # -- preparation --------------------------------------------------------------------------
+    def resolved_files(self) -> dict[str, list[str]]:
+        split_files = dict(self.split_files)
+        if self.builtin is not None:
+            for split, paths in builtin.materialize(self.builtin, self.data_dir).items():
+                split_files[split] = split_files[split] or paths
+        return {split: paths for split, paths in split_files.items() if paths}
+
+    def prepare(self, tokenizer_source: str | None = None) -> None:
+        """Load the files, get a tokenizer and tokenize (or load both from the cache).
+
+        ``tokenizer_source`` (a saved tokenizer directory) wins over ``data.tokenizer``; without
+        either a tokenizer is trained on the training split.
+        """
+        import datasets
+
+        split_files = self.resolved_files()
+        raw = files.load_files(split_files, self.text_column, os.path.join(self.cache_dir, "hf_datasets"),
+                               self.required_columns)
+        if "validation" not in raw:
+            parts = raw["train"].train_test_split(test_size=self.val_fraction, seed=self.seed)
+            raw["train"], raw["validation"] = parts["train"], parts["test"]
+        self._check_raw(raw)
+        source = tokenizer_source or self.tokenizer_path
+        self.tokenizer = load_tokenizer(source) if source else self._trained_tokenizer(raw["train"], split_files)
+        self.tokenizer.model_max_length = self.max_length
+
+        key = _hash({
+            "kind": type(self).__name__, "files": {s: files.fingerprint(p) for s, p in split_files.items()},
+            "val_fraction": self.val_fraction, "seed": self.seed, "text_column": self.text_column,
+            "tokenizer": tokenizer_fingerprint(self.tokenizer), "max_length": self.max_length,
+            **self._cache_settings(),
+        })
+        cache_path = Path(self.cache_dir) / "tokenized" / key
+        with _lock(cache_path):
+            if cache_path.exists():
+                self.datasets = datasets.load_from_disk(str(cache_path))
+                self.loaded_from_cache = True
+                log.info("Tokenized data loaded from cache %s", cache_path)
+            else:
+                log.info("Tokenizing %s", {s: len(d) for s, d in raw.items()})
+                tokenized = self._tokenize(raw)
+                _save_atomic(tokenized, cache_path)
+                self.datasets = datasets.load_from_disk(str(cache_path))
+        self.datasets.set_format("torch")
+
+    def _check_raw(self, raw) -> None:
+        """Hook for checks on the raw splits (labels, sizes)."""
+
+    def _trained_tokenizer(self, train_split, split_files):
+        """Train a tokenizer on the training split, or reuse the one trained on the same data before."""
+        from transformers import AutoTokenizer
+
+        key = _hash({"files": files.fingerprint(split_files["train"]), "type": self.tokenizer_type,
+                     "vocab_size": self.vocab_size, "lowercase": self.lowercase, "split_seed": self.seed,
+                     "val_fraction": self.val_fraction, "has_val": "validation" in split_files})
+        path = Path(self.cache_dir) / "tokenizers" / key
+        with _lock(path):
+            if not path.exists():
+                log.info("Training a %s tokenizer (vocab %d) on %d texts", self.tokenizer_type, self.vocab_size,
+                         len(train_split))
+                texts = (train_split[i: i + 1000]["text"] for i in range(0, len(train_split), 1000))
+                tok = train_tokenizer(texts, self.tokenizer_type, self.vocab_size, self.lowercase, self.max_length)
+                tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+                tok.save_pretrained(str(tmp))
+                os.replace(tmp, path)
+        return AutoTokenizer.from_pretrained(str(path))
+
+    def set_collator(self, collator) -> None:
+        self.collator = collator
+
+    # -- loaders -----------------------------------------------------------------------------
+    def _loader(self, split: str, shuffle: bool) -> DataLoader:
+        import torch
+
+        if self.datasets is None:
+            raise RuntimeError("call prepare() before asking for data loaders")
+        return DataLoader(
+            self.datasets[split],
+            batch_size=self.batch_size if shuffle else self.eval_batch_size,
+            shuffle=shuffle,
+            collate_fn=self.collator,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+            pin_memory=torch.cuda.is_available(),
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("validation", shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", shuffle=False)
+
+    @property
+    def has_test(self) -> bool:
+        return self.datasets is not None and "test" in self.datasets
+
+
+def _hash(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:20]
+
+
+def _lock(path: Path):
+    """A file lock beside ``path``, so concurrent processes (DDP ranks) build a cache entry once."""
+    from filelock import FileLock
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return FileLock(str(path) + ".lock")
+
+
+def _save_atomic(dataset_dict, path: Path) -> None:
+    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    dataset_dict.save_to_disk(str(tmp))
+    os.replace(tmp, path)

@@ -1,0 +1,84 @@
+"""Tokenizers: load a saved one, or train WordPiece/BPE on the training split with HF ``tokenizers``."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+
+from headstart.errors import ConfigError, DataError
+
+log = logging.getLogger(__name__)
+
+# Special tokens of each tokenizer kind; the post-processor wraps every text as BERT/RoBERTa do.
+_SPECIALS = {
+    "wordpiece": {"unk_token": "[UNK]", "pad_token": "[PAD]", "cls_token": "[CLS]", "sep_token": "[SEP]",
+                  "mask_token": "[MASK]"},
+    "bpe": {"unk_token": "<unk>", "pad_token": "<pad>", "bos_token": "<s>", "eos_token": "</s>",
+            "mask_token": "<mask>"},
+}
+
+
+def train_tokenizer(texts: Iterator[list[str]], kind: str, vocab_size: int, lowercase: bool, max_length: int):
+    """Train a fast tokenizer on batches of texts and wrap it as a ``PreTrainedTokenizerFast``."""
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    if kind not in _SPECIALS:
+        raise ConfigError(f"data.tokenizer_type={kind!r} is unknown; use 'wordpiece' (BERT-style) or 'bpe' (GPT-style).")
+    specials = _SPECIALS[kind]
+    special_list = list(specials.values())
+    if kind == "wordpiece":
+        tok = Tokenizer(models.WordPiece(unk_token=specials["unk_token"]))
+        tok.normalizer = normalizers.BertNormalizer(lowercase=lowercase)
+        tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+        tok.decoder = decoders.WordPiece()
+        trainer = trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=special_list)
+        first, last = specials["cls_token"], specials["sep_token"]
+    else:
+        tok = Tokenizer(models.BPE(unk_token=specials["unk_token"]))
+        tok.normalizer = normalizers.Lowercase() if lowercase else None
+        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=True)
+        tok.decoder = decoders.ByteLevel()
+        trainer = trainers.BpeTrainer(
+            vocab_size=vocab_size, special_tokens=special_list,
+            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        )
+        first, last = specials["bos_token"], specials["eos_token"]
+    tok.train_from_iterator(texts, trainer=trainer)
+    tok.post_processor = processors.TemplateProcessing(
+        single=f"{first} $A {last}",
+        pair=f"{first} $A {last} $B:1 {last}:1",
+        special_tokens=[(first, tok.token_to_id(first)), (last, tok.token_to_id(last))],
+    )
+    return PreTrainedTokenizerFast(tokenizer_object=tok, model_max_length=max_length, **specials)
+
+
+def load_tokenizer(path: str, what: str = "data.tokenizer"):
+    """Load a saved Hugging Face tokenizer directory (or a hub name when online)."""
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(path)
+    except (OSError, ValueError) as err:
+        hint = "the directory has no tokenizer files" if Path(path).is_dir() else "no such directory"
+        raise DataError(
+            f"{what}={path!r}: could not load a tokenizer ({hint}; {str(err).splitlines()[0]}). Give a "
+            "directory written by tokenizer.save_pretrained, such as a headstart export/ directory."
+        ) from None
+
+
+def tokenizer_fingerprint(tokenizer) -> str:
+    """A hash of everything that decides how the tokenizer splits text."""
+    import hashlib
+
+    return hashlib.sha256(tokenizer.backend_tokenizer.to_str().encode()).hexdigest()[:16]
+
+
+def check_vocab(tokenizer, needs: tuple[str, ...]) -> None:
+    missing = [name for name in needs if getattr(tokenizer, name, None) is None]
+    if missing:
+        raise DataError(
+            f"The tokenizer has no {', '.join(missing)}, which this task needs. Train one with headstart "
+            "(data.tokenizer=null) or use a tokenizer that defines these special tokens."
+        )

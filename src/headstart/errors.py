@@ -1,0 +1,30 @@
+"""User-facing errors: one paragraph that names the bad value and the fix, never a traceback."""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
+
+
+class HeadstartError(Exception):
+    """A mistake in the user's config, data or files. The CLI prints the message and exits non-zero."""
+
+    exit_code = 2
+
+
+class ConfigError(HeadstartError):
+    """A config value is unknown, mistyped or inconsistent."""
+
+
+class DataError(HeadstartError):
+    """A data file is missing, empty or unreadable."""
+
+
+class CheckpointError(HeadstartError):
+    """A checkpoint or exported model cannot be used for this run."""
+
+
+def did_you_mean(name: str, choices: Iterable[str]) -> str:
+    """' Did you mean X?' when a close match exists, else ''."""
+    close = difflib.get_close_matches(name, list(choices), n=1, cutoff=0.6)
+    return f" Did you mean '{close[0]}'?" if close else ""

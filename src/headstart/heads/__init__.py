@@ -1,0 +1,1 @@
+"""Downstream task heads on a (pretrained or fresh) backbone."""

@@ -1,0 +1,68 @@
+"""The base LightningModule of every objective and downstream head.
+
+It owns what they share: the backbone network built from the ``model`` group, the optimizer and
+schedule from ``_partial_`` configs, metric logging, and export of the backbone for hand-off.
+An objective subclasses it, names the transformers head it trains (``hf_head``), and writes its
+steps and its collator.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+
+
+class HeadstartModule(pl.LightningModule):
+    #: Which transformers head the network carries (see ``backbones.text.AUTO_CLASSES``).
+    hf_head = "base"
+    #: Pretraining objectives export their backbone at the end of training for the next stage.
+    exports_backbone = False
+
+    def __init__(self, backbone, optimizer, scheduler=None, monitor: str = "val/loss",
+                 monitor_mode: str = "min") -> None:
+        super().__init__()
+        self.save_hyperparameters(ignore=["backbone", "optimizer", "scheduler"])
+        self.optimizer_factory = optimizer
+        self.scheduler_factory = scheduler
+        self.net = backbone.build(self.hf_head)
+
+    # -- the backbone, as the hand-off sees it ----------------------------------------------
+    @property
+    def backbone(self) -> torch.nn.Module:
+        """The bare encoder/decoder (e.g. ``BertModel``), without any objective or task head."""
+        return self.net.base_model
+
+    def build_collator(self, tokenizer):
+        """How examples become a batch; the default pads to the longest sequence."""
+        from transformers import DataCollatorWithPadding
+
+        return DataCollatorWithPadding(tokenizer)
+
+    # -- optimisation -----------------------------------------------------------------------
+    def configure_optimizers(self) -> Any:
+        decay, no_decay = [], []
+        for param in self.parameters():
+            if param.requires_grad:
+                # Biases and norm weights (1-D) take no weight decay, as in BERT and HF Trainer.
+                (no_decay if param.ndim < 2 else decay).append(param)
+        optimizer = self.optimizer_factory(params=[{"params": decay}, {"params": no_decay, "weight_decay": 0.0}])
+        if self.scheduler_factory is None:
+            return optimizer
+        scheduler = self.scheduler_factory(optimizer=optimizer,
+                                           num_training_steps=int(self.trainer.estimated_stepping_batches))
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def log_split(self, split: str, values: dict[str, Any], batch_size: int, prog_bar: bool = False) -> None:
+        """Log ``{name: value}`` as ``split/name``; step-level in training, epoch means elsewhere."""
+        on_step = split == "train"
+        self.log_dict({f"{split}/{k}": v for k, v in values.items()}, on_step=on_step, on_epoch=True,
+                      batch_size=batch_size, prog_bar=prog_bar, sync_dist=not on_step)
+
+    # -- export -------------------------------------------------------------------------------
+    def export(self, directory: str, tokenizer, metadata: dict[str, Any]) -> None:
+        """Write the network as an HF model directory (loads with ``AutoModel.from_pretrained``)."""
+        from headstart.transfer.export import write_export
+
+        write_export(self.net, tokenizer, directory, {"objective": type(self).__name__, **metadata})

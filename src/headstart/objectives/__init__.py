@@ -1,0 +1,1 @@
+"""Self-supervised pretraining objectives, one module each."""

@@ -1,0 +1,1 @@
+"""Running things: one training stage, or a pretrain -> finetune (-> scratch) pipeline."""

@@ -1,0 +1,96 @@
+"""One training run: data, model, optional hand-off, Lightning fit/test, export, results."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from headstart.pipeline.rundir import claim_run_dir, config_hash, save_config
+from headstart.transfer.handoff import apply_handoff, resolve_export_dir
+
+log = logging.getLogger(__name__)
+
+
+def _instantiate_group(node: DictConfig | None) -> list[Any]:
+    """Instantiate every ``_target_`` entry of a dict group (loggers, callbacks)."""
+    if not node:
+        return []
+    return [instantiate(conf) for conf in node.values() if isinstance(conf, DictConfig) and "_target_" in conf]
+
+
+def _finish_wandb() -> None:
+    """Close the W&B run so the next stage or multirun job starts its own."""
+    if "wandb" in sys.modules and sys.modules["wandb"].run is not None:
+        sys.modules["wandb"].finish()
+
+
+def run_stage(cfg: DictConfig) -> dict[str, Any]:
+    """Train one stage as ``cfg`` says; return its results (also written to results.json)."""
+    import lightning.pytorch as pl
+
+    output_dir = Path(cfg.paths.output_dir)
+    claim_run_dir(output_dir, resuming=cfg.ckpt_path is not None)
+    pl.seed_everything(cfg.seed, workers=True)
+
+    # Trainer first: a bad trainer/logger/callback setting fails before any data is tokenized.
+    loggers = _instantiate_group(cfg.logger)
+    trainer = instantiate(cfg.trainer, logger=loggers or False, callbacks=_instantiate_group(cfg.callbacks))
+    spec = instantiate(cfg.model)
+    export_dir = resolve_export_dir(spec.init_from) if spec.init_from else None
+    datamodule = instantiate(cfg.data)
+    # Tokenizer: data.tokenizer if given, else the one of the checkpoint or model, else trained.
+    datamodule.prepare(cfg.data.tokenizer or (str(export_dir) if export_dir else spec.name_or_path))
+    spec.bind_tokenizer(datamodule.tokenizer)
+    module = instantiate(cfg.task, backbone=spec, **datamodule.task_kwargs(), _convert_="all")
+    datamodule.set_collator(module.build_collator(datamodule.tokenizer))
+
+    handoff = apply_handoff(module, str(export_dir)) if export_dir else None
+    cfg_hash = config_hash(cfg)
+    if trainer.is_global_zero:
+        save_config(cfg, output_dir)
+        datamodule.tokenizer.save_pretrained(str(output_dir / "tokenizer"))
+        if handoff:
+            (output_dir / "handoff_report.json").write_text(json.dumps(handoff, indent=2))
+    hparams = OmegaConf.to_container(cfg, resolve=True)
+    hparams["config_hash"] = cfg_hash
+    if handoff:
+        hparams["handoff"] = {k: (len(v) if isinstance(v, list) else v) for k, v in handoff.items()}
+    for logger in loggers:
+        logger.log_hyperparams(hparams)
+
+    try:
+        trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
+        metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
+        if cfg.test_after_fit and datamodule.has_test and hasattr(module, "test_step"):
+            best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+            tested = trainer.test(module, datamodule=datamodule, ckpt_path=best or None, verbose=False)
+            metrics.update({k: float(v) for k, v in (tested[0] if tested else {}).items()})
+    finally:
+        _finish_wandb()
+
+    results = {
+        "output_dir": str(output_dir.resolve()),
+        "task": type(module).__name__,
+        "config_hash": cfg_hash,
+        "global_step": trainer.global_step,
+        "epochs": trainer.current_epoch,
+        "completed": not trainer.interrupted,
+        "metrics": metrics,
+        "handoff": {k: len(v) for k, v in handoff.items() if isinstance(v, list)} if handoff else None,
+    }
+    if trainer.is_global_zero:
+        if cfg.export_backbone and module.exports_backbone:
+            module.export(str(output_dir / "export"), datamodule.tokenizer, {
+                "source_run": str(output_dir.resolve()), "config_hash": cfg_hash, "completed": results["completed"],
+                "global_step": trainer.global_step,
+            })
+            results["export_dir"] = str((output_dir / "export").resolve())
+        (output_dir / "results.json").write_text(json.dumps(results, indent=2))
+        log.info("Outputs: %s", output_dir.resolve())
+    return results

@@ -1,0 +1,62 @@
+"""W&B logging that never hangs: online only with an API key and a reachable server."""
+
+from __future__ import annotations
+
+import logging
+import netrc
+import os
+import socket
+from typing import Any
+from urllib.parse import urlparse
+
+from headstart.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+_MODES = ("auto", "online", "offline", "disabled")
+
+
+def _has_api_key() -> bool:
+    if os.environ.get("WANDB_API_KEY"):
+        return True
+    host = urlparse(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")).hostname or "api.wandb.ai"
+    try:
+        return netrc.netrc().authenticators(host) is not None
+    except (FileNotFoundError, netrc.NetrcParseError, OSError):
+        return False
+
+
+def _server_reachable(timeout_s: float = 2.0) -> bool:
+    url = urlparse(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai"))
+    try:
+        with socket.create_connection((url.hostname, url.port or 443), timeout=timeout_s):
+            return True
+    except OSError:
+        return False
+
+
+def resolve_wandb_mode(mode: str = "auto") -> str:
+    """The W&B mode to use: WANDB_MODE wins, then an explicit mode, then auto-detection."""
+    env_mode = os.environ.get("WANDB_MODE")
+    if env_mode:
+        return "offline" if env_mode == "dryrun" else env_mode
+    if mode not in _MODES:
+        raise ConfigError(f"logger.wandb.mode={mode!r} is not a W&B mode; use one of {', '.join(_MODES)}.")
+    if mode != "auto":
+        return mode
+    if not _has_api_key():
+        log.info("W&B: no API key found, logging offline (sync later with `wandb sync`).")
+        return "offline"
+    if not _server_reachable():
+        log.info("W&B: server unreachable, logging offline (sync later with `wandb sync`).")
+        return "offline"
+    return "online"
+
+
+def wandb_logger(mode: str = "auto", save_dir: str = ".", **kwargs: Any):
+    """A Lightning ``WandbLogger`` with the mode resolved; extra kwargs go to ``wandb.init``."""
+    from lightning.pytorch.loggers import WandbLogger
+
+    resolved = resolve_wandb_mode(mode)
+    os.makedirs(save_dir, exist_ok=True)
+    return WandbLogger(save_dir=save_dir, mode=resolved, offline=resolved == "offline", **kwargs)

@@ -1,0 +1,39 @@
+"""Writing a backbone as a Hugging Face model directory that the next stage (or anyone) can load."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+EXPORT_METADATA = "headstart_export.json"
+
+
+def write_export(net, tokenizer, directory: str, metadata: dict[str, Any]) -> None:
+    """``save_pretrained`` (safetensors) + tokenizer + headstart metadata, written atomically."""
+    import headstart
+
+    target = Path(directory)
+    tmp = target.with_name(target.name + f".tmp{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    net.save_pretrained(str(tmp), safe_serialization=True)
+    tokenizer.save_pretrained(str(tmp))
+    meta = {
+        "format": 1,
+        "headstart_version": headstart.__version__,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "backbone_prefix": net.base_model_prefix if net.base_model is not net else "",
+        **metadata,
+    }
+    (tmp / EXPORT_METADATA).write_text(json.dumps(meta, indent=2, default=str))
+    if target.exists():
+        shutil.rmtree(target)
+    os.replace(tmp, target)
+
+
+def read_metadata(directory: Path) -> dict[str, Any]:
+    path = Path(directory) / EXPORT_METADATA
+    return json.loads(path.read_text()) if path.exists() else {}

@@ -1,0 +1,119 @@
+"""Loading a pretrained backbone into a downstream model: strict, except for the declared new head,
+and reported (keys loaded, newly initialised, ignored; source run and its config hash)."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from headstart.errors import CheckpointError
+from headstart.transfer.export import EXPORT_METADATA, read_metadata
+
+log = logging.getLogger(__name__)
+
+_LIST_LIMIT = 8
+
+
+def resolve_export_dir(path: str) -> Path:
+    """An export directory from itself, a stage run directory, or a pipeline run directory."""
+    root = Path(path)
+    for candidate in (root, root / "export", root / "pretrain" / "export"):
+        if (candidate / "config.json").is_file():
+            return candidate
+    if not root.exists():
+        raise CheckpointError(
+            f"model.init_from={path!r} does not exist. Point it at a pretrain run directory "
+            "(outputs/<date>/<time>[/pretrain]) or at its export/ directory."
+        )
+    raise CheckpointError(
+        f"model.init_from={path!r} holds no exported model (looked for config.json in it, in export/ and in "
+        "pretrain/export/). Did the pretrain run finish? Point it at a finished pretrain run or its export/."
+    )
+
+
+def read_weights(export_dir: Path) -> dict[str, torch.Tensor]:
+    """All tensors of an export, from safetensors only: pickled weights can run code and are refused."""
+    from safetensors.torch import load_file
+
+    shards = sorted(export_dir.glob("*.safetensors"))
+    if not shards:
+        pickled = [p.name for p in export_dir.glob("*.bin")] + [p.name for p in export_dir.glob("*.pt")]
+        what = f"only pickled weights {pickled}, which headstart does not load because they can run code" if pickled \
+            else "no model.safetensors"
+        raise CheckpointError(
+            f"{export_dir} has {what}. Re-save the model with save_pretrained(dir, safe_serialization=True)."
+        )
+    weights: dict[str, torch.Tensor] = {}
+    for shard in shards:
+        try:
+            weights.update(load_file(str(shard)))
+        except Exception as err:  # noqa: BLE001 - a corrupt or truncated file, reported as such
+            raise CheckpointError(
+                f"{shard} could not be read ({type(err).__name__}: {err}); the file is corrupt or truncated. "
+                "Export the model again from its run."
+            ) from None
+    return weights
+
+
+def _strip_prefix(key: str, prefix: str) -> str:
+    return key[len(prefix) + 1:] if prefix and key.startswith(prefix + ".") else key
+
+
+def apply_handoff(module, init_from: str) -> dict[str, Any]:
+    """Load the backbone weights of ``init_from`` into ``module.backbone``; return the hand-off report.
+
+    Every backbone key must be in the source with the same shape; source keys that the backbone
+    lacks (the pretraining objective's head) are ignored; parameters outside the backbone (the new
+    task head) are newly initialised. Any mismatch stops with the keys and shapes that differ.
+    """
+    export_dir = resolve_export_dir(init_from)
+    meta = read_metadata(export_dir)
+    backbone = module.backbone
+    prefix = getattr(backbone, "base_model_prefix", "")
+    source = {_strip_prefix(k, prefix): v for k, v in read_weights(export_dir).items()}
+    target = backbone.state_dict()
+
+    missing = [k for k in target if k not in source]
+    mismatched = [f"{k}: checkpoint {tuple(source[k].shape)} vs model {tuple(v.shape)}"
+                  for k, v in target.items() if k in source and source[k].shape != v.shape]
+    if missing or mismatched:
+        src_cfg = json.loads((export_dir / "config.json").read_text())
+        problems = []
+        if mismatched:
+            problems.append(f"{len(mismatched)} keys differ in shape ({'; '.join(mismatched[:_LIST_LIMIT])})")
+        if missing:
+            problems.append(f"{len(missing)} backbone keys are missing from it ({', '.join(missing[:_LIST_LIMIT])})")
+        raise CheckpointError(
+            f"model.init_from={init_from!r} does not fit this model: {' and '.join(problems)}. The checkpoint is a "
+            f"{src_cfg.get('model_type')} model ({_arch_summary(src_cfg)}); the model here is a "
+            f"{backbone.config.model_type} ({_arch_summary(backbone.config.to_dict())}). Choose the model config "
+            "the checkpoint was trained with (the same model=... as its pretrain run) and its tokenizer."
+        )
+    backbone.load_state_dict({k: source[k] for k in target}, strict=True)
+
+    backbone_tensors = {id(t) for t in backbone.state_dict(keep_vars=True).values()}
+    new = [k for k, t in module.state_dict(keep_vars=True).items() if id(t) not in backbone_tensors]
+    report = {
+        "source_dir": str(export_dir.resolve()),
+        "source_run": meta.get("source_run"),
+        "source_config_hash": meta.get("config_hash"),
+        "source_objective": meta.get("objective"),
+        "source_completed": meta.get("completed"),
+        "loaded": sorted(target),
+        "new": sorted(new),
+        "ignored": sorted(k for k in source if k not in target),
+    }
+    log.info("Hand-off from %s: %d backbone keys loaded, %d new (%s), %d ignored", export_dir, len(report["loaded"]),
+             len(new), ", ".join(new[:_LIST_LIMIT]), len(report["ignored"]))
+    if not meta:
+        log.warning("%s has no %s: source run and config hash unknown", export_dir, EXPORT_METADATA)
+    return report
+
+
+def _arch_summary(config: dict[str, Any]) -> str:
+    keys = ("vocab_size", "hidden_size", "n_embd", "num_hidden_layers", "n_layer", "num_attention_heads")
+    return ", ".join(f"{k}={config[k]}" for k in keys if k in config)
