@@ -137,7 +137,7 @@ class MaskedLMConfig(TaskConfig):
 @dataclass
 class SequenceClassificationConfig(TaskConfig):
     _target_: str = "headstart.heads.sequence_classification.SequenceClassifier"
-    pooling: str = "cls"
+    pooling: str = "mean"
     classifier_dropout: float = 0.1
     monitor: str = "val/acc"
     monitor_mode: str = "max"

@@ -2,13 +2,15 @@
 the user's own files.
 
 ``pydoc_topics``: the pydoc topic pages (the language reference), one paragraph a line, for
-language-model pretraining. ``pydoc_topics_cls``: the same paragraphs labelled with the part of the
+language-model pretraining. ``python_docs``: those paragraphs plus the docstrings of the standard
+library's source files (about four times more text). ``pydoc_topics_cls``: the same paragraphs labelled with the part of the
 reference they come from. Paragraphs are split by a hash of their text, and the labelled test
 paragraphs are left out of the pretraining corpus, so pretraining never sees test inputs.
 """
 
 from __future__ import annotations
 
+import ast
 import hashlib
 import json
 import os
@@ -56,11 +58,33 @@ def pydoc_paragraphs() -> list[tuple[str, str, str]]:
         label = topic_to_label.get(topic)
         if label is None:  # a topic added in a newer Python: not labelled, still pretraining text
             label = "unlabelled"
-        for para in re.split(r"\n\s*\n", body):
-            text = " ".join(para.split())
-            if len(text.split()) >= _MIN_WORDS:
-                labels.setdefault(text, set()).add(label)
+        for text in _paragraphs(body):
+            labels.setdefault(text, set()).add(label)
     return [(text, next(iter(lab)), _split_of(text)) for text, lab in labels.items() if len(lab) == 1]
+
+
+def _paragraphs(text: str) -> list[str]:
+    paras = (" ".join(p.split()) for p in re.split(r"\n\s*\n", text))
+    return [p for p in paras if len(p.split()) >= _MIN_WORDS]
+
+
+def stdlib_docstring_paragraphs() -> list[str]:
+    """Paragraphs of the module, class and function docstrings of the standard library's sources."""
+    import sysconfig
+
+    skip = {"test", "tests", "site-packages", "idlelib", "lib2to3", "turtledemo", "ensurepip", "__pycache__"}
+    seen: dict[str, None] = {}
+    for dirpath, dirnames, filenames in os.walk(sysconfig.get_paths()["stdlib"]):
+        dirnames[:] = sorted(d for d in dirnames if d not in skip)
+        for filename in sorted(f for f in filenames if f.endswith(".py")):
+            try:
+                tree = ast.parse(Path(dirpath, filename).read_text(encoding="utf-8"))
+            except (SyntaxError, UnicodeDecodeError, ValueError):
+                continue
+            for node in ast.walk(tree):
+                if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
+                    seen.update(dict.fromkeys(_paragraphs(ast.get_docstring(node) or "")))
+    return list(seen)
 
 
 def _write_atomic(path: Path, lines: list[str]) -> None:
@@ -81,6 +105,21 @@ def _materialize_pydoc_topics(root: Path) -> dict[str, list[str]]:
     return files
 
 
+def _materialize_python_docs(root: Path) -> dict[str, list[str]]:
+    files = {}
+    path = root / "validation.txt"
+    if not path.exists():
+        _write_atomic(path, [t for t, _, s in pydoc_paragraphs() if s == "validation"])
+    files["validation"] = [str(path)]
+    path = root / "train.txt"
+    if not path.exists():
+        held_out = {t for t, _, s in pydoc_paragraphs() if s != "train"}
+        docstrings = [t for t in stdlib_docstring_paragraphs() if t not in held_out]
+        _write_atomic(path, [t for t, _, s in pydoc_paragraphs() if s == "train"] + docstrings)
+    files["train"] = [str(path)]
+    return files
+
+
 def _materialize_pydoc_topics_cls(root: Path) -> dict[str, list[str]]:
     paras = [p for p in pydoc_paragraphs() if p[1] != "unlabelled"]
     files = {}
@@ -92,7 +131,8 @@ def _materialize_pydoc_topics_cls(root: Path) -> dict[str, list[str]]:
     return files
 
 
-BUILTINS = {"pydoc_topics": _materialize_pydoc_topics, "pydoc_topics_cls": _materialize_pydoc_topics_cls}
+BUILTINS = {"pydoc_topics": _materialize_pydoc_topics, "python_docs": _materialize_python_docs,
+            "pydoc_topics_cls": _materialize_pydoc_topics_cls}
 
 
 def materialize(name: str, data_dir: str) -> dict[str, list[str]]:

@@ -1,0 +1,94 @@
+"""Shared fixtures: offline environment, test-made corpora, and a runner for train.py."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+# Nothing in the tests may reach the network.
+OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "WANDB_MODE": "offline",
+               "WANDB_SILENT": "true", "TOKENIZERS_PARALLELISM": "false"}
+os.environ.update(OFFLINE_ENV)
+
+REPO = Path(__file__).resolve().parents[1]
+TRAIN = REPO / "train.py"
+
+# A tiny encoder so end-to-end runs take seconds.
+TINY_MODEL = [
+    "model.arch.hidden_size=32", "model.arch.num_hidden_layers=2", "model.arch.num_attention_heads=2",
+    "model.arch.intermediate_size=64", "model.arch.max_position_embeddings=64",
+]
+
+# A synthetic "language": each topic has its own words, all share the function words, so an MLM can
+# learn it quickly and a classifier can tell topics apart.
+TOPICS = {
+    "animals": "cat dog horse cow sheep goat mouse bird fish lion tiger bear wolf fox deer".split(),
+    "cooking": "bake boil fry roast oven pan knife salt pepper sugar flour butter onion garlic soup".split(),
+    "sailing": "boat sail wind mast deck anchor harbor wave tide rope keel hull port starboard crew".split(),
+}
+FUNCTION_WORDS = "the a of and to in is with on for at by from".split()
+
+
+def make_sentence(rng: random.Random, topic: str, n_words: int = 14) -> str:
+    words = []
+    for i in range(n_words):
+        words.append(rng.choice(FUNCTION_WORDS) if i % 3 == 1 else rng.choice(TOPICS[topic]))
+    return " ".join(words)
+
+
+def write_corpus(path: Path, n_lines: int, seed: int) -> Path:
+    rng = random.Random(seed)
+    path.write_text("\n".join(make_sentence(rng, rng.choice(list(TOPICS))) for _ in range(n_lines)) + "\n")
+    return path
+
+
+def write_labeled(path: Path, n_rows: int, seed: int) -> Path:
+    rng = random.Random(seed)
+    rows = []
+    for _ in range(n_rows):
+        topic = rng.choice(list(TOPICS))
+        rows.append(json.dumps({"text": make_sentence(rng, topic, n_words=8), "label": topic}))
+    path.write_text("\n".join(rows) + "\n")
+    return path
+
+
+@pytest.fixture(scope="session")
+def corpus_dir(tmp_path_factory) -> Path:
+    """Unlabeled train/val text and labeled train/val/test jsonl files."""
+    root = tmp_path_factory.mktemp("corpus")
+    write_corpus(root / "train.txt", 600, seed=0)
+    write_corpus(root / "val.txt", 80, seed=1)
+    write_labeled(root / "cls_train.jsonl", 240, seed=2)
+    write_labeled(root / "cls_val.jsonl", 60, seed=3)
+    write_labeled(root / "cls_test.jsonl", 90, seed=4)
+    return root
+
+
+@pytest.fixture(scope="session")
+def shared_cache(tmp_path_factory) -> Path:
+    """One tokenizer/tokenized-data cache for the whole session (what a user's machine keeps too)."""
+    return tmp_path_factory.mktemp("cache")
+
+
+def run_train(args: list[str], root: Path, cache: Path | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
+    """Run ``python train.py`` with outputs under ``root``; returns the finished process."""
+    cmd = [sys.executable, str(TRAIN), f"paths.root_dir={root}", *args]
+    if cache is not None:
+        cmd.append(f"paths.cache_dir={cache}")
+    env = {**os.environ, **OFFLINE_ENV, "PYTHONUNBUFFERED": "1"}
+    return subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def assert_user_error(proc: subprocess.CompletedProcess, *fragments: str) -> None:
+    """A user mistake: non-zero exit, a message with each fragment, and no traceback."""
+    err = proc.stderr
+    assert proc.returncode != 0, f"expected failure, got exit 0\n{proc.stdout[-2000:]}"
+    assert "Traceback" not in err and "Traceback" not in proc.stdout, err[-3000:]
+    for fragment in fragments:
+        assert fragment in err, f"{fragment!r} not in stderr:\n{err[-3000:]}"
