@@ -31,6 +31,12 @@ class TextBackboneSpec:
         self.config = None
         if name_or_path is None:
             self._check_arch()
+        elif not Path(name_or_path).exists() and not _hub_reachable():
+            raise CheckpointError(
+                f"model.name_or_path={name_or_path!r} is not a local directory and the Hugging Face hub cannot be "
+                "reached (offline, or HF_HUB_OFFLINE=1). Download the model on a machine with network access "
+                "(model.save_pretrained(dir)) and point model.name_or_path at that directory."
+            )
 
     def _check_arch(self) -> None:
         from transformers import CONFIG_MAPPING
@@ -96,13 +102,7 @@ class TextBackboneSpec:
 
 
 def load_pretrained(auto_class, name_or_path: str, **kwargs):
-    """``from_pretrained`` that fails at once, with a clear message, when a hub name cannot be reached."""
-    if not Path(name_or_path).exists() and not _hub_reachable():
-        raise CheckpointError(
-            f"model.name_or_path={name_or_path!r} is not a local directory and the Hugging Face hub cannot be "
-            "reached (offline, or HF_HUB_OFFLINE=1). Download the model on a machine with network access "
-            "(model.save_pretrained(dir)) and point model.name_or_path at that directory."
-        )
+    """``from_pretrained`` with load failures reported as a user error."""
     try:
         return auto_class.from_pretrained(name_or_path, **kwargs)
     except (OSError, ValueError) as err:

@@ -145,10 +145,13 @@ class SequenceClassificationConfig(TaskConfig):
 
 @dataclass
 class StageConfig:
-    """One pipeline stage: an experiment plus overrides that apply to it alone."""
+    """One pipeline stage: an experiment plus overrides that apply to it alone, either a list of
+    override strings (``["data=text_files", "data.train_files=[a.txt]"]``) or a nested dict
+    (``{trainer: {max_epochs: 3}}``). On the command line:
+    ``'pipeline.pretrain.overrides=["trainer.max_epochs=3"]'``."""
 
     experiment: str = MISSING
-    overrides: dict[str, Any] = field(default_factory=dict)
+    overrides: Any = None
 
 
 @dataclass

@@ -145,7 +145,7 @@ class TextDataModule(pl.LightningDataModule):
         from transformers import AutoTokenizer
 
         key = _hash({"files": files.fingerprint(split_files["train"]), "type": self.tokenizer_type,
-                     "vocab_size": self.vocab_size, "lowercase": self.lowercase, "split_seed": self.seed,
+                     "vocab_size": self.vocab_size, "lowercase": self.lowercase, "split_seed": self.seed, "text_column": self.text_column,
                      "val_fraction": self.val_fraction, "has_val": "validation" in split_files})
         path = Path(self.cache_dir) / "tokenizers" / key
         with _lock(path):

@@ -34,8 +34,13 @@ def quote(value: Any) -> str:
     return "'" + str(value).replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
-def flatten_overrides(overrides: dict[str, Any], prefix: str = "") -> list[str]:
-    """``{trainer: {max_epochs: 3}, data: my_set}`` -> ``["trainer.max_epochs=3", "data=my_set"]``."""
+def flatten_overrides(overrides: dict[str, Any] | list[str], prefix: str = "") -> list[str]:
+    """``{trainer: {max_epochs: 3}, data: my_set}`` -> ``["trainer.max_epochs=3", "data=my_set"]``;
+    a list of override strings is taken as it is."""
+    if overrides is None:
+        return []
+    if isinstance(overrides, list):
+        return [str(o) for o in overrides]
     out = []
     for key, value in overrides.items():
         name = f"{prefix}{key}"

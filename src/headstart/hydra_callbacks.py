@@ -1,0 +1,33 @@
+"""Hydra callbacks: checks that must run before Hydra writes anything into the run directory."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig
+
+
+class GuardRunDir(Callback):
+    """Refuse to start a new run in a directory that already holds files (an earlier run's outputs).
+
+    Hydra writes ``.hydra/`` and ``train.log`` before the task runs, so this check cannot wait for
+    the task: it runs in ``on_run_start``. Resuming (``ckpt_path`` set) and the extra processes that
+    DDP launches into rank 0's directory are let through.
+    """
+
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        if config.get("ckpt_path") is not None or int(os.environ.get("LOCAL_RANK", "0")) > 0:
+            return
+        run_dir = Path(config.hydra.run.dir)
+        if run_dir.is_dir() and any(run_dir.iterdir()):
+            print(
+                f"headstart: error: {run_dir} already holds the outputs of an earlier run; headstart never writes "
+                "over a run. Leave hydra.run.dir at its default for a new directory, or resume that run with "
+                "ckpt_path=<its checkpoint>.",
+                file=sys.stderr, flush=True,
+            )
+            sys.exit(2)
