@@ -78,6 +78,7 @@ def shared_cache(tmp_path_factory) -> Path:
 
 def run_train(args: list[str], root: Path, cache: Path | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
     """Run ``python train.py`` with outputs under ``root``; returns the finished process."""
+    root.mkdir(parents=True, exist_ok=True)
     cmd = [sys.executable, str(TRAIN), f"paths.root_dir={root}", *args]
     if cache is not None:
         cmd.append(f"paths.cache_dir={cache}")

@@ -60,6 +60,10 @@ def ids(dataset) -> list[list[int]]:
     return [row.tolist() for row in dataset["input_ids"]]
 
 
+def labels(dataset) -> list[int]:
+    return [int(y) for y in dataset["labels"]]
+
+
 # -- formats, tokenizer, packing --------------------------------------------------------------
 
 
@@ -85,7 +89,7 @@ def test_reads_each_format_and_trains_a_tokenizer(tmp_path, suffix):
     for split, lines in (("train", train_lines), ("validation", val_lines)):
         ds = dm.datasets[split]
         assert len(ds) == len(lines)
-        for row, line in zip(ids(ds), lines):
+        for row, line in zip(ids(ds), lines, strict=True):
             assert row[0] == tok.cls_token_id and row[-1] == tok.sep_token_id
             assert tok.decode(row, skip_special_tokens=True) == line
 
@@ -122,7 +126,7 @@ def test_line_packing_keeps_one_example_per_line(tmp_path):
     tok, rows = dm.tokenizer, ids(dm.datasets["train"])
     assert len(rows) == len(lines)
     assert any(len(line.split()) > 8 for line in lines) and any(len(line.split()) <= 8 for line in lines)
-    for row, line in zip(rows, lines):
+    for row, line in zip(rows, lines, strict=True):
         n_words = len(line.split())
         assert len(row) == min(n_words + 2, 10)  # one token a word, plus [CLS] and [SEP]
         assert row[0] == tok.cls_token_id and row[-1] == tok.sep_token_id
@@ -233,8 +237,8 @@ def test_classification_labels_map_to_ids(tmp_path):
     for split, path in (("train", train), ("validation", val)):
         raw = [json.loads(line) for line in path.read_text().splitlines()]
         ds = dm.datasets[split]
-        assert ds["labels"].tolist() == [LABELS.index(r["label"]) for r in raw]
-        for row, r in zip(ids(ds), raw):
+        assert labels(ds) == [LABELS.index(r["label"]) for r in raw]
+        for row, r in zip(ids(ds), raw, strict=True):
             assert dm.tokenizer.decode(row, skip_special_tokens=True) == r["text"]
 
 
@@ -250,7 +254,7 @@ def test_classification_columns_and_integer_labels_from_csv(tmp_path):
                     label_column="topic")
     dm.prepare()
     assert dm.label_names == ["0", "10", "20"]
-    assert dm.datasets["validation"]["labels"].tolist() == [t // 10 for t in frames["val"]["topic"]]
+    assert labels(dm.datasets["validation"]) == [t // 10 for t in frames["val"]["topic"]]
 
 
 def test_unseen_label_in_validation_is_an_error(tmp_path):
@@ -281,9 +285,11 @@ def test_label_fraction_keeps_a_share_of_training_rows(tmp_path):
     assert len(full.datasets["train"]) == 240
     assert len(part.datasets["train"]) == 60
     assert len(part.datasets["validation"]) == 40  # only training labels are thinned
-    pairs = lambda ds: [(tuple(r), int(y)) for r, y in zip(ids(ds), ds["labels"])]  # noqa: E731
-    full_rows = set(pairs(full.datasets["train"]))
-    assert set(pairs(part.datasets["train"])) <= full_rows
+
+    def pairs(ds) -> set:
+        return set(zip(map(tuple, ids(ds)), labels(ds), strict=True))
+
+    assert pairs(part.datasets["train"]) <= pairs(full.datasets["train"])
     assert part.task_kwargs()["num_labels"] == 3
 
     with pytest.raises(ConfigError, match="label_fraction"):

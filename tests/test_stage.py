@@ -1,0 +1,88 @@
+"""Single stages through train.py: tracking, caching, and models from local HF directories."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from conftest import TINY_MODEL, run_train
+
+pytestmark = pytest.mark.slow
+
+
+def _mlm_args(corpus: Path, epochs: int = 2) -> list[str]:
+    return ["experiment=text_mlm", "data=text_files", f"data.train_files=[{corpus / 'train.txt'}]",
+            f"data.val_files=[{corpus / 'val.txt'}]", "data.max_length=32", "data.vocab_size=300",
+            "data.batch_size=16", f"trainer.max_epochs={epochs}", *TINY_MODEL]
+
+
+def _only_run_dir(root: Path) -> Path:
+    [results] = root.glob("outputs/*/*/results.json")
+    return results.parent
+
+
+def test_wandb_offline_run_and_csv_beside_it(tmp_path, corpus_dir, shared_cache):
+    proc = run_train([*_mlm_args(corpus_dir, epochs=1), "logger=default", "run_name=tiny-mlm"], tmp_path,
+                     shared_cache)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    run_dir = _only_run_dir(tmp_path)
+    [wandb_run] = (run_dir / "wandb").glob("offline-run-*")
+    [history] = wandb_run.glob("run-*.wandb")
+    # The run file (protobuf records) carries the run name, the composed config and the metrics.
+    records = history.read_bytes()
+    for expected in (b"tiny-mlm", b"mlm_probability", b"config_hash", b"val/loss"):
+        assert expected in records, expected
+    assert (run_dir / "csv" / "metrics.csv").read_text().count("\n") > 2
+    assert f"Outputs: {run_dir.resolve()}" in proc.stdout
+
+
+def test_second_run_reuses_tokenizer_and_tokenized_data(tmp_path, corpus_dir):
+    cache = tmp_path / "cache"
+    first = run_train([*_mlm_args(corpus_dir, epochs=1), "logger=csv"], tmp_path / "a", cache)
+    second = run_train([*_mlm_args(corpus_dir, epochs=1), "logger=csv"], tmp_path / "b", cache)
+    assert first.returncode == 0 and second.returncode == 0, second.stderr[-3000:]
+    assert "Training a wordpiece tokenizer" in first.stdout and "Tokenizing" in first.stdout
+    assert "Training a wordpiece tokenizer" not in second.stdout and "Tokenizing" not in second.stdout
+    assert "Tokenized data loaded from cache" in second.stdout
+    # Both runs saved the same tokenizer with their outputs.
+    vocab = [json.loads((_only_run_dir(tmp_path / d) / "tokenizer" / "tokenizer.json").read_text())["model"]["vocab"]
+             for d in ("a", "b")]
+    assert vocab[0] == vocab[1]
+
+
+@pytest.fixture(scope="module")
+def hf_model_dir(tmp_path_factory, corpus_dir) -> Path:
+    """A local HF model directory, as `save_pretrained` writes it (what a downloaded model looks like)."""
+    import torch
+    from transformers import BertConfig, BertForMaskedLM
+
+    from headstart.data.tokenizer import train_tokenizer
+
+    lines = (corpus_dir / "train.txt").read_text().splitlines()
+    tokenizer = train_tokenizer(iter([lines]), "wordpiece", 200, True, 32)
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=64, max_position_embeddings=64)
+    out = tmp_path_factory.mktemp("hf") / "tiny-bert"
+    BertForMaskedLM(config).save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return out
+
+
+def test_model_from_local_hf_directory(tmp_path, corpus_dir, hf_model_dir):
+    from safetensors.torch import load_file
+
+    args = [a for a in _mlm_args(corpus_dir, epochs=1) if not a.startswith("model.")]
+    proc = run_train([*args, "logger=csv", "model=hf_dir", f"model.name_or_path={hf_model_dir}",
+                      "trainer.max_epochs=1"], tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    run_dir = _only_run_dir(tmp_path)
+    assert "Training a wordpiece tokenizer" not in proc.stdout  # the model's own tokenizer is used
+    original = load_file(hf_model_dir / "model.safetensors")
+    trained = load_file(run_dir / "export" / "model.safetensors")
+    key = "bert.embeddings.word_embeddings.weight"
+    assert original[key].shape == trained[key].shape
+    assert not (original[key] == trained[key]).all(), "training started from the directory's weights but did not move"
+    tokenizer_json = json.loads((run_dir / "tokenizer" / "tokenizer.json").read_text())
+    assert tokenizer_json == json.loads((hf_model_dir / "tokenizer.json").read_text())
