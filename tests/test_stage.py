@@ -86,3 +86,20 @@ def test_model_from_local_hf_directory(tmp_path, corpus_dir, hf_model_dir):
     assert not (original[key] == trained[key]).all(), "training started from the directory's weights but did not move"
     tokenizer_json = json.loads((run_dir / "tokenizer" / "tokenizer.json").read_text())
     assert tokenizer_json == json.loads((hf_model_dir / "tokenizer.json").read_text())
+
+
+def test_gpt_backbone_classifies_with_bpe_tokenizer(tmp_path, corpus_dir, shared_cache):
+    """The GPT-style decoder from a config, a byte-level BPE tokenizer, last-token pooling."""
+    proc = run_train([
+        "experiment=text_classification", "data=text_classification_files", "logger=csv", "model=gpt_tiny",
+        "model.arch.n_embd=32", "model.arch.n_head=2", "model.arch.n_positions=64", "data.tokenizer_type=bpe",
+        "data.vocab_size=400", "data.max_length=32", "task.pooling=last", "trainer.max_epochs=4",
+        "task.optimizer.lr=2e-3", f"data.train_files=[{corpus_dir / 'cls_train.jsonl'}]",
+        f"data.val_files=[{corpus_dir / 'cls_val.jsonl'}]", f"data.test_files=[{corpus_dir / 'cls_test.jsonl'}]",
+    ], tmp_path, shared_cache)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = json.loads((_only_run_dir(tmp_path) / "results.json").read_text())
+    assert results["task"] == "SequenceClassifier"
+    assert results["metrics"]["test/acc"] > 0.6  # three balanced classes: chance is 1/3
+    config = json.loads((_only_run_dir(tmp_path) / "tokenizer" / "tokenizer.json").read_text())
+    assert config["model"]["type"] == "BPE"

@@ -22,6 +22,9 @@ class GuardRunDir(Callback):
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
         if config.get("ckpt_path") is not None or int(os.environ.get("LOCAL_RANK", "0")) > 0:
             return
+        from hydra.core.hydra_config import HydraConfig
+
+        HydraConfig.instance().set_config(config)  # the run dir may interpolate ${hydra:runtime.cwd}
         run_dir = Path(config.hydra.run.dir)
         if run_dir.is_dir() and any(run_dir.iterdir()):
             print(

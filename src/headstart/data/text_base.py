@@ -133,6 +133,9 @@ class TextDataModule(pl.LightningDataModule):
             else:
                 log.info("Tokenizing %s", {s: len(d) for s, d in raw.items()})
                 tokenized = self._tokenize(raw)
+                # A truncating call leaves truncation switched on; the saved tokenizer must not carry it.
+                self.tokenizer.backend_tokenizer.no_truncation()
+                self.tokenizer.backend_tokenizer.no_padding()
                 _save_atomic(tokenized, cache_path)
                 self.datasets = datasets.load_from_disk(str(cache_path))
         self.datasets.set_format("torch")

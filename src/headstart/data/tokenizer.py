@@ -69,10 +69,15 @@ def load_tokenizer(path: str, what: str = "data.tokenizer"):
 
 
 def tokenizer_fingerprint(tokenizer) -> str:
-    """A hash of everything that decides how the tokenizer splits text."""
+    """A hash of everything that decides how the tokenizer splits text (not its call-time
+    truncation/padding state, which ``transformers`` leaves behind after a truncating call)."""
     import hashlib
+    import json
 
-    return hashlib.sha256(tokenizer.backend_tokenizer.to_str().encode()).hexdigest()[:16]
+    state = json.loads(tokenizer.backend_tokenizer.to_str())
+    state.pop("truncation", None)
+    state.pop("padding", None)
+    return hashlib.sha256(json.dumps(state, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def check_vocab(tokenizer, needs: tuple[str, ...]) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from pathlib import Path
 from typing import Any
 
@@ -46,11 +47,15 @@ def flatten_overrides(overrides: dict[str, Any] | list[str], prefix: str = "") -
         name = f"{prefix}{key}"
         if isinstance(value, dict) and value:
             out.extend(flatten_overrides(value, name + "."))
-        elif isinstance(value, str) and "." not in name and "/" not in value:
+        elif isinstance(value, str) and "." not in name and re.fullmatch(r"[\w-]+", value):
             out.append(f"{name}={value}")  # a group choice such as data=pydoc_text
         else:
             out.append(f"{name}={quote(value)}")
     return out
+
+
+def _container(node: Any) -> Any:
+    return OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else node
 
 
 def shared_overrides(task_overrides: list[str]) -> list[str]:
@@ -88,11 +93,11 @@ def run_pipeline(cfg: DictConfig) -> dict[str, Any]:
     group = cfg.run_group or f"{cfg.task_name}-{out.name}"
     shared = shared_overrides(list(hydra_cfg.overrides.task))
     pipe = cfg.pipeline
-    finetune_overrides = flatten_overrides(OmegaConf.to_container(pipe.finetune.overrides, resolve=True))
+    finetune_overrides = flatten_overrides(_container(pipe.finetune.overrides))
     pretrain_export = out / "pretrain" / "export"
     stages = {
         "pretrain": [f"experiment={pipe.pretrain.experiment}",
-                     *flatten_overrides(OmegaConf.to_container(pipe.pretrain.overrides, resolve=True))],
+                     *flatten_overrides(_container(pipe.pretrain.overrides))],
         "finetune": [f"experiment={pipe.finetune.experiment}", *finetune_overrides,
                      f"model.init_from={quote(str(out / 'pretrain'))}"],
     }

@@ -39,7 +39,10 @@ def resolve_wandb_mode(mode: str = "auto") -> str:
     """The W&B mode to use: WANDB_MODE wins, then an explicit mode, then auto-detection."""
     env_mode = os.environ.get("WANDB_MODE")
     if env_mode:
-        return "offline" if env_mode == "dryrun" else env_mode
+        env_mode = "offline" if env_mode == "dryrun" else env_mode
+        if env_mode not in _MODES[1:]:
+            raise ConfigError(f"WANDB_MODE={env_mode!r} is not a W&B mode; set it to online, offline or disabled.")
+        return env_mode
     if mode not in _MODES:
         raise ConfigError(f"logger.wandb.mode={mode!r} is not a W&B mode; use one of {', '.join(_MODES)}.")
     if mode != "auto":
