@@ -37,8 +37,29 @@ def _fail(err: HeadstartError) -> None:
     sys.exit(err.exit_code)
 
 
+def _route_library_logs() -> None:
+    """One copy of each Lightning message, through Hydra's handlers (console and the run's log file),
+    without the advertising and the warnings that do not apply to headstart's choices."""
+    import logging
+    import warnings
+
+    import lightning  # noqa: F401 - its import adds the console handler removed here
+
+    logging.getLogger("lightning").handlers.clear()
+
+    class _DropTips(logging.Filter):
+        def filter(self, record: logging.LogRecord) -> bool:
+            return "💡 Tip" not in record.getMessage()
+
+    logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_DropTips())
+    # Tokenized data is cached and collation is cheap: worker processes would cost more than they save.
+    warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+    warnings.filterwarnings("ignore", message=".*isinstance\\(treespec, LeafSpec\\)` is deprecated.*")
+
+
 def run(cfg: DictConfig) -> float | None:
     """Run what ``cfg`` describes; return ``cfg.optimized_metric`` for hyperparameter search."""
+    _route_library_logs()
     with user_errors_reported():
         if cfg.get("pipeline"):
             from headstart.pipeline.runner import run_pipeline
