@@ -34,11 +34,14 @@ class HeadstartModule(pl.LightningModule):
         """The bare encoder/decoder (e.g. ``BertModel``), without any objective or task head."""
         return self.net.base_model
 
-    def build_collator(self, tokenizer):
-        """How examples become a batch; the default pads to the longest sequence."""
+    def build_collator(self, processor):
+        """How examples become a batch; the default pads text to the longest sequence in the batch
+        and stacks anything else."""
+        if processor is None:
+            return None  # torch's default collation
         from transformers import DataCollatorWithPadding
 
-        return DataCollatorWithPadding(tokenizer)
+        return DataCollatorWithPadding(processor)
 
     # -- optimisation -----------------------------------------------------------------------
     def configure_optimizers(self) -> Any:
@@ -61,8 +64,9 @@ class HeadstartModule(pl.LightningModule):
                       batch_size=batch_size, prog_bar=prog_bar, sync_dist=not on_step)
 
     # -- export -------------------------------------------------------------------------------
-    def export(self, directory: str, tokenizer, metadata: dict[str, Any]) -> None:
-        """Write the network as an HF model directory (loads with ``AutoModel.from_pretrained``)."""
+    def export(self, directory: str, processor, metadata: dict[str, Any]) -> None:
+        """Write the network as an HF model directory (loads with ``AutoModel.from_pretrained``),
+        with the processor (tokenizer) that prepares its inputs."""
         from headstart.transfer.export import write_export
 
-        write_export(self.net, tokenizer, directory, {"objective": type(self).__name__, **metadata})
+        write_export(self.net, processor, directory, {"objective": type(self).__name__, **metadata})

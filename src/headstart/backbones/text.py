@@ -17,7 +17,7 @@ class TextBackboneSpec:
     """What the ``model`` config group describes; objectives call :meth:`build` to get their network.
 
     ``arch`` is a transformers config (``model_type`` plus sizes); ``vocab_size`` and the special
-    token ids come from the tokenizer at :meth:`bind_tokenizer`. ``name_or_path`` loads config and
+    token ids come from the data's tokenizer at :meth:`bind`. ``name_or_path`` loads config and
     weights from a local HF directory (or a hub name when online) instead. ``init_from`` is the
     headstart export whose weights the hand-off loads after the model is built.
     """
@@ -54,6 +54,10 @@ class TextBackboneSpec:
                     f"model.arch.{key} is not a field of the {model_type} config.{did_you_mean(key, known)} "
                     f"Remove it or use one of the {model_type} config fields."
                 )
+
+    def bind(self, datamodule) -> None:
+        """Make the model config agree with the data's tokenizer (vocab size, special tokens, length)."""
+        self.bind_tokenizer(datamodule.processor)
 
     def bind_tokenizer(self, tokenizer) -> None:
         """Make the model config agree with the tokenizer (vocab size, special tokens, length)."""

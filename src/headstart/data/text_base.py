@@ -162,6 +162,14 @@ class TextDataModule(pl.LightningDataModule):
                 os.replace(tmp, path)
         return AutoTokenizer.from_pretrained(str(path))
 
+    @property
+    def processor(self):
+        """What turns raw inputs into model inputs and travels with an export: the tokenizer."""
+        return self.tokenizer
+
+    def save_processor(self, output_dir: Path) -> None:
+        self.tokenizer.save_pretrained(str(Path(output_dir) / "tokenizer"))
+
     def set_collator(self, collator) -> None:
         self.collator = collator
 

@@ -28,7 +28,7 @@ class MaskedLanguageModeling(HeadstartModule):
             "perplexity": Perplexity(ignore_index=-100),
         }, prefix="val/")
 
-    def build_collator(self, tokenizer):
+    def build_collator(self, tokenizer):  # the processor of text data is its tokenizer
         from transformers import DataCollatorForLanguageModeling
 
         check_vocab(tokenizer, ("mask_token", "pad_token"))

@@ -44,17 +44,17 @@ def run_stage(cfg: DictConfig) -> dict[str, Any]:
     spec = instantiate(cfg.model)
     export_dir = resolve_export_dir(spec.init_from) if spec.init_from else None
     datamodule = instantiate(cfg.data)
-    # Tokenizer: data.tokenizer if given, else the one of the checkpoint or model, else trained.
-    datamodule.prepare(cfg.data.tokenizer or (str(export_dir) if export_dir else spec.name_or_path))
-    spec.bind_tokenizer(datamodule.tokenizer)
+    # The processor (tokenizer): data.tokenizer if given, else the checkpoint's or the model's, else trained.
+    datamodule.prepare(cfg.data.get("tokenizer") or (str(export_dir) if export_dir else spec.name_or_path))
+    spec.bind(datamodule)
     module = instantiate(cfg.task, backbone=spec, **datamodule.task_kwargs(), _convert_="all")
-    datamodule.set_collator(module.build_collator(datamodule.tokenizer))
+    datamodule.set_collator(module.build_collator(datamodule.processor))
 
     handoff = apply_handoff(module, str(export_dir)) if export_dir else None
     cfg_hash = config_hash(cfg)
     if trainer.is_global_zero:
         save_config(cfg, output_dir)
-        datamodule.tokenizer.save_pretrained(str(output_dir / "tokenizer"))
+        datamodule.save_processor(output_dir)
         if handoff:
             (output_dir / "handoff_report.json").write_text(json.dumps(handoff, indent=2))
     hparams = OmegaConf.to_container(cfg, resolve=True)
@@ -86,7 +86,7 @@ def run_stage(cfg: DictConfig) -> dict[str, Any]:
     }
     if trainer.is_global_zero:
         if cfg.export_backbone and module.exports_backbone:
-            module.export(str(output_dir / "export"), datamodule.tokenizer, {
+            module.export(str(output_dir / "export"), datamodule.processor, {
                 "source_run": str(output_dir.resolve()), "config_hash": cfg_hash, "completed": results["completed"],
                 "global_step": trainer.global_step,
             })

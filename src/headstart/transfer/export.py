@@ -12,15 +12,16 @@ from typing import Any
 EXPORT_METADATA = "headstart_export.json"
 
 
-def write_export(net, tokenizer, directory: str, metadata: dict[str, Any]) -> None:
-    """``save_pretrained`` (safetensors) + tokenizer + headstart metadata, written atomically."""
+def write_export(net, processor, directory: str, metadata: dict[str, Any]) -> None:
+    """``save_pretrained`` (safetensors) + processor (tokenizer) + headstart metadata, written atomically."""
     import headstart
 
     target = Path(directory)
     tmp = target.with_name(target.name + f".tmp{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     net.save_pretrained(str(tmp), safe_serialization=True)
-    tokenizer.save_pretrained(str(tmp))
+    if processor is not None:
+        processor.save_pretrained(str(tmp))
     meta = {
         "format": 1,
         "headstart_version": headstart.__version__,
