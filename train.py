@@ -16,4 +16,9 @@ def main(cfg: DictConfig) -> float | None:
 
 
 if __name__ == "__main__":
+    import sys
+
+    from headstart.cli import normalize_argv
+
+    sys.argv = normalize_argv(sys.argv)
     main()

@@ -79,7 +79,8 @@ def shared_cache(tmp_path_factory) -> Path:
 def run_train(args: list[str], root: Path, cache: Path | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
     """Run ``python train.py`` with outputs under ``root``; returns the finished process."""
     root.mkdir(parents=True, exist_ok=True)
-    cmd = [sys.executable, str(TRAIN), f"paths.root_dir={root}", *args]
+    flags = [a for a in args if a in ("-m", "--multirun")]  # argparse wants them before the overrides
+    cmd = [sys.executable, str(TRAIN), *flags, f"paths.root_dir={root}", *(a for a in args if a not in flags)]
     if cache is not None:
         cmd.append(f"paths.cache_dir={cache}")
     env = {**os.environ, **OFFLINE_ENV, "PYTHONUNBUFFERED": "1"}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 from omegaconf import DictConfig
 
@@ -57,10 +58,42 @@ def _route_library_logs() -> None:
     warnings.filterwarnings("ignore", message=".*isinstance\\(treespec, LeafSpec\\)` is deprecated.*")
 
 
+# Hydra's own flags; any other `--key=value` is an override written the way W&B's agent writes it.
+_HYDRA_FLAGS = {"--help", "--hydra-help", "--version", "--cfg", "--resolve", "--package", "--run", "--multirun",
+                "--shell-completion", "--config-path", "--config-name", "--config-dir", "--experimental-rerun",
+                "--info"}
+
+
+def normalize_argv(argv: list[str]) -> list[str]:
+    """Accept ``--trainer.max_epochs=3`` as well as Hydra's ``trainer.max_epochs=3``."""
+    return [argv[0]] + [a[2:] if a.startswith("--") and "=" in a and a.split("=", 1)[0] not in _HYDRA_FLAGS else a
+                        for a in argv[1:]]
+
+
+def _name_sweep_job(cfg: DictConfig) -> bool:
+    """In a multirun, give each job its own W&B run, named by its overrides and grouped by sweep."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    hydra_cfg = HydraConfig.get()
+    if hydra_cfg.mode != RunMode.MULTIRUN:
+        return False
+    sweep = f"sweep-{Path(hydra_cfg.sweep.dir).name}"
+    if cfg.run_group is None:
+        cfg.run_group = sweep
+    if cfg.run_name is None:
+        cfg.run_name = f"{sweep}-{hydra_cfg.job.num}" + (f"-{hydra_cfg.job.override_dirname}"
+                                                          if hydra_cfg.job.override_dirname else "")
+    return True
+
+
 def run(cfg: DictConfig) -> float | None:
     """Run what ``cfg`` describes; return ``cfg.optimized_metric`` for hyperparameter search."""
     _route_library_logs()
     with user_errors_reported():
+        from headstart.pipeline.guards import check_launch
+
+        check_launch(cfg, multirun=_name_sweep_job(cfg))
         if cfg.get("pipeline"):
             from headstart.pipeline.runner import run_pipeline
 

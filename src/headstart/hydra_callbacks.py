@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -20,7 +19,9 @@ class GuardRunDir(Callback):
     """
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
-        if config.get("ckpt_path") is not None or int(os.environ.get("LOCAL_RANK", "0")) > 0:
+        from headstart.pipeline.rundir import is_secondary_rank
+
+        if config.get("ckpt_path") is not None or is_secondary_rank():
             return
         from hydra.core.hydra_config import HydraConfig
 

@@ -19,7 +19,14 @@ _SCHEMAS = {
 
 
 def register_configs() -> None:
-    """Put the schemas into Hydra's ConfigStore; group option YAMLs name them in their defaults."""
+    """Put the schemas into Hydra's ConfigStore (group option YAMLs name them in their defaults) and
+    register headstart's resolvers."""
+    from omegaconf import OmegaConf
+
+    from headstart.pipeline.rundir import run_stamp
+
+    # Cached: every reading of the run directory within a process gives the same stamp.
+    OmegaConf.register_new_resolver("run_stamp", run_stamp, use_cache=True, replace=True)
     store = ConfigStore.instance()
     for (group, name), node in _SCHEMAS.items():
         store.store(group=group, name=name, node=node)

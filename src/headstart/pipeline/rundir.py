@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
@@ -13,10 +14,27 @@ from headstart.errors import ConfigError
 RUN_MARKERS = ("results.json", "checkpoints", "export", "csv", "handoff_report.json")
 
 
+def is_secondary_rank() -> bool:
+    """A process that joins rank 0's run (DDP child, torchrun/SLURM rank > 0) and so shares its directory."""
+    return int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0"))) > 0
+
+
+def run_stamp() -> str:
+    """The run directory's last part. Processes started together by torchrun or SLURM must agree on
+    it, so it comes from their shared job id there; otherwise the time to the microsecond."""
+    from datetime import datetime
+
+    if os.environ.get("TORCHELASTIC_RUN_ID", "none") != "none":
+        return f"torchrun-{os.environ['TORCHELASTIC_RUN_ID']}"
+    if "SLURM_JOB_ID" in os.environ and int(os.environ.get("SLURM_NTASKS", "1")) > 1:
+        return f"slurm-{os.environ['SLURM_JOB_ID']}-{os.environ.get('SLURM_STEP_ID', '0')}"
+    return datetime.now().strftime("%H-%M-%S-%f")
+
+
 def claim_run_dir(output_dir: Path, resuming: bool) -> None:
     """Refuse to start a fresh run in a directory that already holds another run's outputs."""
     found = [m for m in RUN_MARKERS if (output_dir / m).exists()]
-    if found and not resuming:
+    if found and not resuming and not is_secondary_rank():
         raise ConfigError(
             f"{output_dir} already holds the outputs of an earlier run ({', '.join(found)}); headstart never "
             "writes over a run. Leave hydra.run.dir / paths.output_dir at their defaults for a new directory, "
