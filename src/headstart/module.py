@@ -8,6 +8,7 @@ steps and its collator.
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from typing import Any
 
 import lightning.pytorch as pl
@@ -19,6 +20,10 @@ class HeadstartModule(pl.LightningModule):
     hf_head = "base"
     #: Pretraining objectives export their backbone at the end of training for the next stage.
     exports_backbone = False
+    #: Set by headstart.transfer.modes.apply_transfer: submodules kept in eval mode (a linear
+    #: probe's frozen backbone) and the layer-wise learning-rate decay.
+    frozen_modules: tuple[torch.nn.Module, ...] = ()
+    layer_lr_decay = 1.0
 
     def __init__(self, backbone, optimizer, scheduler=None, monitor: str = "val/loss",
                  monitor_mode: str = "min") -> None:
@@ -37,20 +42,39 @@ class HeadstartModule(pl.LightningModule):
     def build_collator(self, processor):
         """How examples become a batch; the default pads text to the longest sequence in the batch
         and stacks anything else."""
-        if processor is None:
-            return None  # torch's default collation
+        if processor is None or not hasattr(processor, "pad"):
+            return None  # torch's default collation; image processors' examples are ready to stack
         from transformers import DataCollatorWithPadding
 
         return DataCollatorWithPadding(processor)
 
+    def train(self, mode: bool = True):
+        """Lightning switches the module to train mode every epoch; frozen parts stay in eval mode."""
+        super().train(mode)
+        for module in self.frozen_modules:
+            module.train(False)
+        return self
+
     # -- optimisation -----------------------------------------------------------------------
     def configure_optimizers(self) -> Any:
-        decay, no_decay = [], []
-        for param in self.parameters():
+        from headstart.transfer.modes import layerwise_lr_scales
+
+        scales = layerwise_lr_scales(self) if self.layer_lr_decay != 1.0 else {}
+        base_lr = self.optimizer_factory.keywords.get("lr") if scales else None
+        groups: dict[tuple[bool, float], list[torch.nn.Parameter]] = {}
+        for name, param in self.named_parameters():
             if param.requires_grad:
                 # Biases and norm weights (1-D) take no weight decay, as in BERT and HF Trainer.
-                (no_decay if param.ndim < 2 else decay).append(param)
-        optimizer = self.optimizer_factory(params=[{"params": decay}, {"params": no_decay, "weight_decay": 0.0}])
+                groups.setdefault((param.ndim < 2, scales.get(name, 1.0)), []).append(param)
+        param_groups = []
+        for (no_decay, scale), params in groups.items():
+            group: dict[str, Any] = {"params": params}
+            if no_decay:
+                group["weight_decay"] = 0.0
+            if base_lr is not None:
+                group["lr"] = base_lr * scale
+            param_groups.append(group)
+        optimizer = self.optimizer_factory(params=param_groups)
         if self.scheduler_factory is None:
             return optimizer
         scheduler = self.scheduler_factory(optimizer=optimizer,
@@ -62,6 +86,15 @@ class HeadstartModule(pl.LightningModule):
         on_step = split == "train"
         self.log_dict({f"{split}/{k}": v for k, v in values.items()}, on_step=on_step, on_epoch=True,
                       batch_size=batch_size, prog_bar=prog_bar, sync_dist=not on_step)
+
+    @contextmanager
+    def seeded(self, seed: int):
+        """Run a block with a fixed torch seed (reproducible dropout or sampling in evaluation) and
+        leave the training random state as it was."""
+        devices = [self.device.index or 0] if self.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(seed)
+            yield
 
     # -- export -------------------------------------------------------------------------------
     def export(self, directory: str, processor, metadata: dict[str, Any]) -> None:

@@ -10,7 +10,20 @@ from typing import Any
 from headstart.errors import CheckpointError, ConfigError, did_you_mean
 
 # Which transformers auto class builds a backbone with each kind of head.
-AUTO_CLASSES = {"base": "AutoModel", "masked_lm": "AutoModelForMaskedLM", "causal_lm": "AutoModelForCausalLM"}
+AUTO_CLASSES = {"base": "AutoModel", "masked_lm": "AutoModelForMaskedLM", "causal_lm": "AutoModelForCausalLM",
+                "pretraining": "AutoModelForPreTraining"}  # pretraining: e.g. BERT's MLM + next-sentence heads
+# headstart's own transformers models; importing each registers its model_type with the Auto classes.
+MODEL_MODULES = ("headstart.backbones.word2vec", "headstart.backbones.vision")
+# What a hand-off loads from model.init_from: the whole backbone, or only its input embedding matrix.
+INIT_SCOPES = ("backbone", "embeddings")
+
+
+def register_models() -> None:
+    """Make headstart's model types known to ``AutoConfig``/``AutoModel`` (idempotent)."""
+    import importlib
+
+    for name in MODEL_MODULES:
+        importlib.import_module(name)
 
 
 class TextBackboneSpec:
@@ -19,14 +32,23 @@ class TextBackboneSpec:
     ``arch`` is a transformers config (``model_type`` plus sizes); ``vocab_size`` and the special
     token ids come from the data's tokenizer at :meth:`bind`. ``name_or_path`` loads config and
     weights from a local HF directory (or a hub name when online) instead. ``init_from`` is the
-    headstart export whose weights the hand-off loads after the model is built.
+    headstart export whose weights the hand-off loads after the model is built; ``init_scope``
+    says whether it loads the whole backbone or only the input embedding matrix.
     """
 
     def __init__(self, arch: dict[str, Any] | None = None, name_or_path: str | None = None,
-                 init_from: str | None = None, attn_implementation: str = "sdpa") -> None:
+                 init_from: str | None = None, attn_implementation: str = "sdpa",
+                 init_scope: str = "backbone") -> None:
+        if init_scope not in INIT_SCOPES:
+            raise ConfigError(
+                f"model.init_scope={init_scope!r} is unknown; use 'backbone' (load every backbone weight of "
+                "model.init_from) or 'embeddings' (load only its input embedding matrix)."
+            )
+        register_models()
         self.arch = dict(arch or {})
         self.name_or_path = name_or_path
         self.init_from = init_from
+        self.init_scope = init_scope
         self.attn_implementation = attn_implementation
         self.config = None
         if name_or_path is None:

@@ -15,6 +15,15 @@ _SCHEMAS = {
     ("schema/model", "text_backbone"): schema.TextBackboneConfig,
     ("schema/task", "masked_lm"): schema.MaskedLMConfig,
     ("schema/task", "sequence_classification"): schema.SequenceClassificationConfig,
+    ("schema/task", "causal_lm"): schema.CausalLMConfig,
+    ("schema/task", "simcse"): schema.SimCSEConfig,
+    ("schema/task", "word2vec"): schema.Word2VecConfig,
+    ("schema/task", "distillation"): schema.DistillationConfig,
+    ("schema/data", "image"): schema.ImageDataConfig,
+    ("schema/model", "vision_backbone"): schema.VisionBackboneConfig,
+    ("schema/task", "image_classification"): schema.ImageClassificationConfig,
+    ("schema/task", "simclr"): schema.SimCLRConfig,
+    ("schema/task", "moco"): schema.MoCoConfig,
 }
 
 

@@ -112,6 +112,9 @@ class TextBackboneConfig:
     arch: dict[str, Any] = field(default_factory=dict)
     name_or_path: str | None = None
     init_from: str | None = None
+    # What the hand-off loads from init_from: "backbone" (every weight) or "embeddings" (the input
+    # embedding matrix alone, e.g. word2vec vectors into a BERT).
+    init_scope: str = "backbone"
     attn_implementation: str = "sdpa"
 
 
@@ -132,6 +135,8 @@ class MaskedLMConfig(TaskConfig):
     mlm_probability: float = 0.15
     mask_replace_prob: float = 0.8
     random_replace_prob: float = 0.1
+    # BERT's next-sentence prediction beside the MLM (BertForPreTraining); needs data.packing=pairs.
+    next_sentence_prediction: bool = False
 
 
 @dataclass
@@ -163,6 +168,16 @@ class PipelineConfig:
 
 
 @dataclass
+class TransferConfig:
+    """How a downstream run uses its backbone (see headstart.transfer.modes)."""
+
+    mode: str = "finetune"
+    freeze_layers: int = 0
+    freeze_patterns: list[str] = field(default_factory=list)
+    layer_lr_decay: float = 1.0
+
+
+@dataclass
 class TrainConfig:
     """The root of every composed config."""
 
@@ -177,8 +192,138 @@ class TrainConfig:
     trainer: Any = MISSING
     logger: Any = None
     callbacks: Any = None
+    transfer: TransferConfig = field(default_factory=TransferConfig)
     pipeline: PipelineConfig | None = None
     ckpt_path: str | None = None
     test_after_fit: bool = True
     export_backbone: bool = True
     optimized_metric: str | None = None
+
+
+@dataclass
+class Word2VecConfig(TaskConfig):
+    _target_: str = "headstart.objectives.word2vec.Word2Vec"
+    mode: str = "skipgram"
+    window: int = 5
+    negatives: int = 5
+    subsample_threshold: float = 1e-3
+    noise_power: float = 0.75
+
+
+@dataclass
+class DistillationConfig(TaskConfig):
+    _target_: str = "headstart.objectives.distillation.MaskedLMDistillation"
+    teacher: str = MISSING
+    temperature: float = 2.0
+    alpha: float = 0.5
+    mlm_probability: float = 0.15
+    mask_replace_prob: float = 0.8
+    random_replace_prob: float = 0.1
+
+
+@dataclass
+class CausalLMConfig(TaskConfig):
+    _target_: str = "headstart.objectives.causal_lm.CausalLanguageModeling"
+    # After each validation epoch: continue the first sample_prompt_tokens of the validation data by
+    # sample_new_tokens (0: no samples), greedily (sample_top_k=null) or top-k with sample_seed.
+    sample_prompt_tokens: int = 12
+    sample_new_tokens: int = 20
+    sample_top_k: int | None = None
+    sample_seed: int = II("seed")
+
+
+@dataclass
+class SimCSEConfig(TaskConfig):
+    _target_: str = "headstart.objectives.simcse.SimCSE"
+    temperature: float = 0.05
+    pooling: str = "mean"
+    projection: bool = True
+    gather_negatives: bool = True
+
+
+@dataclass
+class ImageDataConfig:
+    """Labelled images: ``builtin`` (digits) or folders with one subfolder per class."""
+
+    _target_: str = "headstart.data.vision.ImageDataModule"
+    builtin: str | None = None
+    train_dir: str | None = None
+    val_dir: str | None = None
+    test_dir: str | None = None
+    val_fraction: float = 0.1
+    # A directory with a preprocessor_config.json whose preprocessing to use (a model's or export's
+    # preprocessing wins over it and over the settings below).
+    processor: str | None = None
+    image_size: int = 16
+    num_channels: int = 1
+    # null: the per-channel mean/std of the training images.
+    image_mean: list[float] | None = None
+    image_std: list[float] | None = None
+    label_fraction: float = 1.0
+    batch_size: int = 64
+    eval_batch_size: int | None = None
+    num_workers: int = 0
+    seed: int = II("seed")
+
+
+@dataclass
+class VisionBackboneConfig:
+    """A transformers vision backbone (resnet, vit, headstart_cnn): built from ``arch``, or loaded from ``name_or_path``."""
+
+    _target_: str = "headstart.backbones.vision.VisionBackboneSpec"
+    arch: dict[str, Any] = field(default_factory=dict)
+    name_or_path: str | None = None
+    init_from: str | None = None
+    attn_implementation: str = "sdpa"
+
+
+@dataclass
+class ImageClassificationConfig(TaskConfig):
+    _target_: str = "headstart.heads.image_classification.ImageClassifier"
+    classifier_dropout: float = 0.1
+    monitor: str = "val/acc"
+    monitor_mode: str = "max"
+
+
+@dataclass
+class ImageAugmentConfig:
+    """Batched augmentations of the contrastive image objectives (headstart.data.augment.ImageAugment);
+    brightness, noise_std and erasing act on normalised pixels. 0 or null switches a part off."""
+
+    crop_scale: list[float] | None = field(default_factory=lambda: [0.5, 1.0])
+    crop_ratio: list[float] = field(default_factory=lambda: [0.75, 1.3333])
+    rotation: float = 15.0
+    translate: float = 0.1
+    hflip_prob: float = 0.0
+    brightness: float = 0.4
+    contrast: float = 0.4
+    noise_std: float = 0.1
+    erase_prob: float = 0.25
+    erase_scale: list[float] = field(default_factory=lambda: [0.02, 0.2])
+
+
+@dataclass
+class ImageContrastiveConfig(TaskConfig):
+    """Fields shared by SimCLR and MoCo."""
+
+    temperature: float = 0.2
+    projection_dim: int = 64
+    projection_hidden_dim: int | None = None
+    augment: ImageAugmentConfig = field(default_factory=ImageAugmentConfig)
+    # Neighbours of the validation kNN accuracy (val/knn_acc); 0 switches it off.
+    knn_k: int = 20
+
+
+@dataclass
+class SimCLRConfig(ImageContrastiveConfig):
+    _target_: str = "headstart.objectives.simclr.SimCLR"
+    temperature: float = 0.5
+    gather_negatives: bool = True
+
+
+@dataclass
+class MoCoConfig(ImageContrastiveConfig):
+    _target_: str = "headstart.objectives.moco.MoCo"
+    temperature: float = 0.2
+    momentum: float = 0.99
+    queue_size: int = 4096

@@ -78,6 +78,9 @@ class TextDataModule(pl.LightningDataModule):
 
     # -- what subclasses define -------------------------------------------------------------
     required_columns: tuple[str, ...] = ()
+    #: Hold out the validation rows as the last rows of the training files, in file order, instead of
+    #: rows at random: for data whose examples are built from neighbouring lines (sentence pairs).
+    ordered_validation_split: bool = False
 
     def _tokenize(self, raw):
         """Turn the raw DatasetDict (column ``text``) into model inputs."""
@@ -111,7 +114,8 @@ class TextDataModule(pl.LightningDataModule):
         raw = files.load_files(split_files, self.text_column, os.path.join(self.cache_dir, "hf_datasets"),
                                self.required_columns)
         if "validation" not in raw:
-            parts = raw["train"].train_test_split(test_size=self.val_fraction, seed=self.seed)
+            parts = raw["train"].train_test_split(test_size=self.val_fraction, seed=self.seed,
+                                                  shuffle=not self.ordered_validation_split)
             raw["train"], raw["validation"] = parts["train"], parts["test"]
         self._check_raw(raw)
         source = tokenizer_source or self.tokenizer_path
@@ -149,7 +153,8 @@ class TextDataModule(pl.LightningDataModule):
 
         key = _hash({"files": files.fingerprint(split_files["train"]), "type": self.tokenizer_type,
                      "vocab_size": self.vocab_size, "lowercase": self.lowercase, "split_seed": self.seed, "text_column": self.text_column,
-                     "val_fraction": self.val_fraction, "has_val": "validation" in split_files})
+                     "val_fraction": self.val_fraction, "has_val": "validation" in split_files,
+                     **({"ordered_split": True} if self.ordered_validation_split else {})})
         path = Path(self.cache_dir) / "tokenizers" / key
         with _lock(path):
             if not path.exists():

@@ -1,14 +1,16 @@
-"""Masked language modelling (BERT): predict tokens hidden by transformers' masking collator."""
+"""Masked language modelling (BERT): predict tokens hidden by transformers' masking collator;
+optionally with BERT's next-sentence prediction on sentence pairs (``data.packing=pairs``)."""
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 from torchmetrics import MetricCollection
-from torchmetrics.classification import MulticlassAccuracy
+from torchmetrics.classification import BinaryAccuracy, MulticlassAccuracy
 from torchmetrics.text import Perplexity
 
 from headstart.data.tokenizer import check_vocab
+from headstart.errors import ConfigError
 from headstart.module import HeadstartModule
 
 
@@ -17,16 +19,25 @@ class MaskedLanguageModeling(HeadstartModule):
     exports_backbone = True
 
     def __init__(self, backbone, optimizer, scheduler=None, mlm_probability: float = 0.15,
-                 mask_replace_prob: float = 0.8, random_replace_prob: float = 0.1, **kwargs) -> None:
+                 mask_replace_prob: float = 0.8, random_replace_prob: float = 0.1,
+                 next_sentence_prediction: bool = False, **kwargs) -> None:
+        # Next-sentence prediction needs the model's pretraining class (BERT: BertForPreTraining, with
+        # MLM and NSP heads); chosen here because the base class builds the network from hf_head.
+        self.hf_head = "pretraining" if next_sentence_prediction else "masked_lm"
         super().__init__(backbone, optimizer, scheduler, **kwargs)
         self.mlm_probability = mlm_probability
         self.mask_replace_prob = mask_replace_prob
         self.random_replace_prob = random_replace_prob
+        self.next_sentence_prediction = next_sentence_prediction
         vocab = self.net.config.vocab_size
-        self.val_metrics = MetricCollection({
+        metrics = {
             "masked_acc": MulticlassAccuracy(num_classes=vocab, ignore_index=-100, average="micro"),
             "perplexity": Perplexity(ignore_index=-100),
-        }, prefix="val/")
+        }
+        if next_sentence_prediction:
+            self._pretraining_heads()  # a model without an NSP head fails here, before any training
+            metrics["nsp_acc"] = BinaryAccuracy()
+        self.val_metrics = MetricCollection(metrics, prefix="val/")
 
     def build_collator(self, tokenizer):  # the processor of text data is its tokenizer
         from transformers import DataCollatorForLanguageModeling
@@ -44,7 +55,7 @@ class MaskedLanguageModeling(HeadstartModule):
         the ~15% of positions that carry a label gives the same loss for a fraction of the work.
         """
         labels = batch["labels"]
-        inputs = {k: v for k, v in batch.items() if k not in ("labels", "special_tokens_mask")}
+        inputs = _model_inputs(batch)
         selected = labels != -100
         if self._mlm_head is None:  # a head we cannot call on its own: run the whole model
             logits = self.net(**inputs).logits[selected]
@@ -52,24 +63,85 @@ class MaskedLanguageModeling(HeadstartModule):
             hidden = self.net.base_model(**inputs).last_hidden_state
             logits = self._mlm_head(hidden[selected])
         target = labels[selected]
-        return F.cross_entropy(logits.float(), target), logits, target
+        return _masked_token_loss(logits, target), logits, target
 
     @property
     def _mlm_head(self):
         heads = [m for m in self.net.children() if m is not self.net.base_model]
         return heads[0] if len(heads) == 1 else None
 
+    def forward_with_nsp(self, batch: dict[str, torch.Tensor]):
+        """As :meth:`forward`, plus the next-sentence logits: one encoder pass feeds the MLM head (at
+        the masked positions only) and the NSP head (on the pooled first token)."""
+        if "next_sentence_label" not in batch:
+            raise ConfigError(
+                "task.next_sentence_prediction=true needs sentence pairs with next-sentence labels, and the "
+                "batches have none. Set data.packing=pairs (or use experiment=text_mlm_nsp)."
+            )
+        mlm_head, nsp_head = self._pretraining_heads()
+        labels = batch["labels"]
+        selected = labels != -100
+        encoded = self.net.base_model(**_model_inputs(batch))
+        logits = mlm_head(encoded.last_hidden_state[selected])
+        target = labels[selected]
+        return _masked_token_loss(logits, target), logits, target, nsp_head(encoded.pooler_output)
+
+    def _pretraining_heads(self):
+        """The MLM and NSP heads of a BERT-style pretraining network (``cls.predictions``, ``cls.seq_relationship``)."""
+        heads = getattr(self.net, "cls", None)
+        if heads is None or not all(hasattr(heads, h) for h in ("predictions", "seq_relationship")):
+            raise ConfigError(
+                f"task.next_sentence_prediction=true needs a BERT-style model with a next-sentence head; the "
+                f"{self.net.config.model_type} model ({type(self.net).__name__}) has none. Use a BERT model "
+                "(model=bert_tiny or model.arch.model_type=bert) or set task.next_sentence_prediction=false."
+            )
+        return heads.predictions, heads.seq_relationship
+
+    def _step(self, split: str, batch):
+        """Compute and log the batch's losses; return the loss, the masked-position logits and labels,
+        and (NSP logits, NSP labels) or None."""
+        size = batch["input_ids"].size(0)
+        if not self.next_sentence_prediction:
+            loss, logits, target = self(batch)
+            self.log_split(split, {"loss": loss}, batch_size=size, prog_bar=True)
+            return loss, logits, target, None
+        mlm_loss, logits, target, nsp_logits = self.forward_with_nsp(batch)
+        nsp_target = batch["next_sentence_label"]
+        nsp_loss = F.cross_entropy(nsp_logits.float(), nsp_target)
+        loss = mlm_loss + nsp_loss  # the sum BertForPreTraining trains on
+        self.log_split(split, {"loss": loss}, batch_size=size, prog_bar=True)
+        parts = {"mlm_loss": mlm_loss, "nsp_loss": nsp_loss}
+        if split == "train":  # validation accumulates it in val_metrics
+            parts["nsp_acc"] = (nsp_logits.argmax(-1) == nsp_target).float().mean()
+        self.log_split(split, parts, batch_size=size)
+        return loss, logits, target, (nsp_logits, nsp_target)
+
     def training_step(self, batch, batch_idx):
-        loss, _, _ = self(batch)
-        self.log_split("train", {"loss": loss}, batch_size=batch["input_ids"].size(0), prog_bar=True)
+        loss, _, _, _ = self._step("train", batch)
         return loss
 
     def validation_step(self, batch, batch_idx):
-        loss, logits, target = self(batch)
-        self.log_split("val", {"loss": loss}, batch_size=batch["input_ids"].size(0), prog_bar=True)
-        self.val_metrics["masked_acc"].update(logits.argmax(-1), target)
-        self.val_metrics["perplexity"].update(logits.float().unsqueeze(0), target.unsqueeze(0))
+        _, logits, target, nsp = self._step("val", batch)
+        if target.numel():
+            self.val_metrics["masked_acc"].update(logits.argmax(-1), target)
+            self.val_metrics["perplexity"].update(logits.float().unsqueeze(0), target.unsqueeze(0))
+        if nsp is not None:
+            nsp_logits, nsp_target = nsp
+            self.val_metrics["nsp_acc"].update(nsp_logits.argmax(-1), nsp_target)
 
     def on_validation_epoch_end(self):
         self.log_dict(self.val_metrics.compute(), sync_dist=True)
         self.val_metrics.reset()
+
+
+def _masked_token_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy over the masked tokens; a batch of a few short texts can draw none, and then
+    the loss is a zero that keeps the graph (the mean over no tokens would be NaN)."""
+    if target.numel() == 0:
+        return logits.sum() * 0.0
+    return F.cross_entropy(logits.float(), target)
+
+
+def _model_inputs(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The batch without the targets and the collator's bookkeeping: what the encoder takes."""
+    return {k: v for k, v in batch.items() if k not in ("labels", "special_tokens_mask", "next_sentence_label")}

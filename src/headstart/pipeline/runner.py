@@ -17,7 +17,7 @@ from headstart.pipeline.stage import run_stage
 log = logging.getLogger(__name__)
 
 # Command-line overrides of these keys describe one stage, so in a pipeline they are refused.
-_STAGE_ONLY = ("data", "task", "model.init_from", "ckpt_path")
+_STAGE_ONLY = ("data", "task", "model.init_from", "ckpt_path", "transfer")
 
 
 def quote(value: Any) -> str:
@@ -94,7 +94,6 @@ def run_pipeline(cfg: DictConfig) -> dict[str, Any]:
     shared = shared_overrides(list(hydra_cfg.overrides.task))
     pipe = cfg.pipeline
     finetune_overrides = flatten_overrides(_container(pipe.finetune.overrides))
-    pretrain_export = out / "pretrain" / "export"
     stages = {
         "pretrain": [f"experiment={pipe.pretrain.experiment}",
                      *flatten_overrides(_container(pipe.pretrain.overrides))],
@@ -104,7 +103,7 @@ def run_pipeline(cfg: DictConfig) -> dict[str, Any]:
     if pipe.scratch_baseline:
         # Same architecture and tokenizer as the fine-tuned model, random initial weights.
         stages["scratch"] = [f"experiment={pipe.finetune.experiment}", *finetune_overrides,
-                             "model.init_from=null", f"data.tokenizer={quote(str(pretrain_export))}"]
+                             f"model.init_from={quote(str(out / 'pretrain'))}", "transfer=scratch"]
 
     results = {}
     for name, overrides in stages.items():

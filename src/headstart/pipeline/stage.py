@@ -11,8 +11,10 @@ from typing import Any
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from headstart.pipeline.guards import RankAgreement
 from headstart.pipeline.rundir import claim_run_dir, config_hash, save_config
 from headstart.transfer.handoff import apply_handoff, resolve_export_dir
+from headstart.transfer.modes import apply_transfer
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +35,7 @@ def _finish_wandb() -> None:
 def run_stage(cfg: DictConfig) -> dict[str, Any]:
     """Train one stage as ``cfg`` says; return its results (also written to results.json)."""
     import lightning.pytorch as pl
+    from lightning.pytorch.utilities.model_helpers import is_overridden
 
     output_dir = Path(cfg.paths.output_dir)
     claim_run_dir(output_dir, resuming=cfg.ckpt_path is not None)
@@ -40,18 +43,27 @@ def run_stage(cfg: DictConfig) -> dict[str, Any]:
 
     # Trainer first: a bad trainer/logger/callback setting fails before any data is tokenized.
     loggers = _instantiate_group(cfg.logger)
-    trainer = instantiate(cfg.trainer, logger=loggers or False, callbacks=_instantiate_group(cfg.callbacks))
+    cfg_hash = config_hash(cfg)
+    agreement = RankAgreement(cfg_hash)
+    trainer = instantiate(cfg.trainer, logger=loggers or False,
+                          callbacks=[*_instantiate_group(cfg.callbacks), agreement])
     spec = instantiate(cfg.model)
     export_dir = resolve_export_dir(spec.init_from) if spec.init_from else None
     datamodule = instantiate(cfg.data)
-    # The processor (tokenizer): data.tokenizer if given, else the checkpoint's or the model's, else trained.
-    datamodule.prepare(cfg.data.get("tokenizer") or (str(export_dir) if export_dir else spec.name_or_path))
+    # The processor (tokenizer): data.tokenizer if given, else the checkpoint's or the model's, else a
+    # distillation teacher's (its logits index its vocabulary), else trained.
+    teacher = cfg.task.get("teacher")
+    datamodule.prepare(cfg.data.get("tokenizer") or (str(export_dir) if export_dir else spec.name_or_path)
+                       or (str(resolve_export_dir(teacher, "task.teacher")) if teacher else None))
     spec.bind(datamodule)
     module = instantiate(cfg.task, backbone=spec, **datamodule.task_kwargs(), _convert_="all")
     datamodule.set_collator(module.build_collator(datamodule.processor))
 
-    handoff = apply_handoff(module, str(export_dir)) if export_dir else None
-    cfg_hash = config_hash(cfg)
+    # transfer=scratch keeps the checkpoint's tokenizer but not its weights: the from-scratch baseline.
+    handoff = None
+    if export_dir and cfg.transfer.mode != "scratch":
+        handoff = apply_handoff(module, str(export_dir), getattr(spec, "init_scope", "backbone"))
+    transfer = apply_transfer(module, **cfg.transfer)
     if trainer.is_global_zero:
         save_config(cfg, output_dir)
         datamodule.save_processor(output_dir)
@@ -67,7 +79,7 @@ def run_stage(cfg: DictConfig) -> dict[str, Any]:
     try:
         trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
-        if cfg.test_after_fit and datamodule.has_test and hasattr(module, "test_step"):
+        if cfg.test_after_fit and datamodule.has_test and is_overridden("test_step", module):
             best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
             tested = trainer.test(module, datamodule=datamodule, ckpt_path=best or None, verbose=False)
             metrics.update({k: float(v) for k, v in (tested[0] if tested else {}).items()})
@@ -81,6 +93,9 @@ def run_stage(cfg: DictConfig) -> dict[str, Any]:
         "global_step": trainer.global_step,
         "epochs": trainer.current_epoch,
         "completed": not trainer.interrupted,
+        "world_size": trainer.world_size,
+        "transfer": transfer,
+        "rank_config_hashes": agreement.rank_hashes,
         "metrics": metrics,
         "handoff": {k: len(v) for k, v in handoff.items() if isinstance(v, list)} if handoff else None,
     }

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 import shutil
@@ -19,7 +20,11 @@ def write_export(net, processor, directory: str, metadata: dict[str, Any]) -> No
     target = Path(directory)
     tmp = target.with_name(target.name + f".tmp{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
-    net.save_pretrained(str(tmp), safe_serialization=True)
+    # The model's own parameter names, which the hand-off matches against the backbone's: transformers 5
+    # would otherwise write some models (ViT) in their older checkpoint layout. Both load with from_pretrained.
+    kwargs = {"save_original_format": False} if "save_original_format" in inspect.signature(
+        net.save_pretrained).parameters else {}
+    net.save_pretrained(str(tmp), safe_serialization=True, **kwargs)
     if processor is not None:
         processor.save_pretrained(str(tmp))
     meta = {

@@ -18,19 +18,20 @@ log = logging.getLogger(__name__)
 _LIST_LIMIT = 8
 
 
-def resolve_export_dir(path: str) -> Path:
-    """An export directory from itself, a stage run directory, or a pipeline run directory."""
+def resolve_export_dir(path: str, setting: str = "model.init_from") -> Path:
+    """An export directory from itself, a stage run directory, or a pipeline run directory;
+    ``setting`` is the config key that named ``path``, for the error message."""
     root = Path(path)
     for candidate in (root, root / "export", root / "pretrain" / "export"):
         if (candidate / "config.json").is_file():
             return candidate
     if not root.exists():
         raise CheckpointError(
-            f"model.init_from={path!r} does not exist. Point it at a pretrain run directory "
+            f"{setting}={path!r} does not exist. Point it at a pretrain run directory "
             "(outputs/<date>/<time>[/pretrain]) or at its export/ directory."
         )
     raise CheckpointError(
-        f"model.init_from={path!r} holds no exported model (looked for config.json in it, in export/ and in "
+        f"{setting}={path!r} holds no exported model (looked for config.json in it, in export/ and in "
         "pretrain/export/). Did the pretrain run finish? Point it at a finished pretrain run or its export/."
     )
 
@@ -63,19 +64,24 @@ def _strip_prefix(key: str, prefix: str) -> str:
     return key[len(prefix) + 1:] if prefix and key.startswith(prefix + ".") else key
 
 
-def apply_handoff(module, init_from: str) -> dict[str, Any]:
+def apply_handoff(module, init_from: str, scope: str = "backbone") -> dict[str, Any]:
     """Load the backbone weights of ``init_from`` into ``module.backbone``; return the hand-off report.
 
     Every backbone key must be in the source with the same shape; source keys that the backbone
     lacks (the pretraining objective's head) are ignored; parameters outside the backbone (the new
     task head) are newly initialised. Any mismatch stops with the keys and shapes that differ.
+    With ``scope="embeddings"`` only the source's input embedding matrix is loaded, into the
+    backbone's (same vocabulary and dimension required); the rest of the backbone is new.
     """
     export_dir = resolve_export_dir(init_from)
     meta = read_metadata(export_dir)
     backbone = module.backbone
-    prefix = getattr(backbone, "base_model_prefix", "")
-    source = {_strip_prefix(k, prefix): v for k, v in read_weights(export_dir).items()}
-    target = backbone.state_dict()
+    if scope == "embeddings":
+        source, target = _input_embeddings(backbone, export_dir, init_from)
+    else:
+        prefix = getattr(backbone, "base_model_prefix", "")
+        source = {_strip_prefix(k, prefix): v for k, v in read_weights(export_dir).items()}
+        target = backbone.state_dict()
 
     missing = [k for k in target if k not in source]
     mismatched = [f"{k}: checkpoint {tuple(source[k].shape)} vs model {tuple(v.shape)}"
@@ -93,11 +99,12 @@ def apply_handoff(module, init_from: str) -> dict[str, Any]:
             f"{backbone.config.model_type} ({_arch_summary(backbone.config.to_dict())}). Choose the model config "
             "the checkpoint was trained with (the same model=... as its pretrain run) and its tokenizer."
         )
-    backbone.load_state_dict({k: source[k] for k in target}, strict=True)
+    backbone.load_state_dict({k: source[k] for k in target}, strict=scope == "backbone")
 
-    backbone_tensors = {id(t) for t in backbone.state_dict(keep_vars=True).values()}
-    new = [k for k, t in module.state_dict(keep_vars=True).items() if id(t) not in backbone_tensors]
+    loaded_tensors = {id(t) for k, t in backbone.state_dict(keep_vars=True).items() if k in target}
+    new = [k for k, t in module.state_dict(keep_vars=True).items() if id(t) not in loaded_tensors]
     report = {
+        "scope": scope,
         "source_dir": str(export_dir.resolve()),
         "source_run": meta.get("source_run"),
         "source_config_hash": meta.get("config_hash"),
@@ -112,6 +119,47 @@ def apply_handoff(module, init_from: str) -> dict[str, Any]:
     if not meta:
         log.warning("%s has no %s: source run and config hash unknown", export_dir, EXPORT_METADATA)
     return report
+
+
+def _input_embeddings(backbone, export_dir: Path, init_from: str) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """The export's weights with its input embedding matrix renamed to the backbone's, and the
+    backbone's input embedding entry alone (the target of an ``init_scope=embeddings`` hand-off)."""
+    from transformers import AutoConfig, AutoModel
+
+    from headstart.backbones.text import register_models
+
+    register_models()
+    weight = backbone.get_input_embeddings().weight
+    target_key = next(k for k, t in backbone.state_dict(keep_vars=True).items() if t is weight)
+    # Which tensor of the export is its input embedding matrix: ask a weightless copy of its model.
+    try:
+        with torch.device("meta"):
+            skeleton = AutoModel.from_config(AutoConfig.from_pretrained(str(export_dir)))
+    except (OSError, ValueError, KeyError) as err:
+        raise CheckpointError(
+            f"model.init_from={init_from!r}: its config.json does not describe a model transformers can build "
+            f"({str(err).splitlines()[0]}), so its input embeddings cannot be found. Export it with headstart."
+        ) from None
+    name = next(k for k, t in skeleton.named_parameters() if t is skeleton.get_input_embeddings().weight)
+    weights = read_weights(export_dir)
+    candidates = [name, f"{skeleton.base_model_prefix}.{name}"]
+    source_key = next((k for k in candidates if k in weights), None)
+    if source_key is None:
+        raise CheckpointError(
+            f"model.init_from={init_from!r} has no input embedding matrix (looked for {' or '.join(candidates)}). "
+            "Export it again from its run."
+        )
+    source = {k: v for k, v in weights.items() if k != source_key}
+    source[target_key] = weights[source_key]
+    if source[target_key].shape != weight.shape:
+        (src_vocab, src_dim), (vocab, dim) = source[target_key].shape, weight.shape
+        raise CheckpointError(
+            f"model.init_from={init_from!r} with model.init_scope=embeddings: its input embeddings are "
+            f"{src_vocab} tokens x {src_dim} dims, this model's {target_key} is {vocab} x {dim}. Both must match: "
+            f"use the export's tokenizer (leave data.tokenizer unset) and an embedding size of {src_dim} "
+            "(model.arch.hidden_size or its equivalent)."
+        )
+    return source, {target_key: weight}
 
 
 def _arch_summary(config: dict[str, Any]) -> str:

@@ -1,0 +1,74 @@
+"""Unsupervised SimCSE (Gao et al., 2021): each text is encoded twice with dropout on, and each of
+the two embeddings must pick the other among the batch's texts (InfoNCE, in-batch negatives).
+Dropout is the only augmentation, so any text data module works (``data.packing=lines``)."""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+
+import torch
+from torch import nn
+
+from headstart.backbones.pooling import check_pooling, pool
+from headstart.errors import ConfigError
+from headstart.module import HeadstartModule
+from headstart.objectives.embedding_metrics import alignment, top1_retrieval_accuracy, uniformity
+from headstart.objectives.losses import info_nce
+
+
+class SimCSE(HeadstartModule):
+    hf_head = "base"  # the export is the bare encoder; the projection is not part of it
+    exports_backbone = True
+
+    def __init__(self, backbone, optimizer, scheduler=None, temperature: float = 0.05, pooling: str = "mean",
+                 projection: bool = True, gather_negatives: bool = True, **kwargs) -> None:
+        check_pooling(pooling)
+        if temperature <= 0:
+            raise ConfigError(f"task.temperature={temperature} must be positive (SimCSE uses 0.05).")
+        super().__init__(backbone, optimizer, scheduler, **kwargs)
+        self.temperature = temperature
+        self.pooling = pooling
+        self.gather_negatives = gather_negatives
+        hidden = backbone.hidden_size
+        # SimCSE's MLP over the pooled vector, for the contrastive loss only (as its "mlp_only_train").
+        self.projection = nn.Sequential(nn.Linear(hidden, hidden), nn.Tanh()) if projection else nn.Identity()
+
+    def embed_twice(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """The pooled encoder output of two views of every text: the batch goes through the encoder
+        doubled, in one pass, so that each copy gets its own dropout masks."""
+        inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "token_type_ids") if k in batch}
+        inputs.setdefault("attention_mask", torch.ones_like(inputs["input_ids"]))
+        doubled = {k: torch.cat([v, v]) for k, v in inputs.items()}
+        hidden = self.net(**doubled).last_hidden_state
+        return pool(hidden, doubled["attention_mask"], self.pooling).chunk(2)
+
+    def _step(self, split: str, batch) -> torch.Tensor:
+        view1, view2 = self.embed_twice(batch)
+        z1, z2 = self.projection(view1), self.projection(view2)
+        loss = info_nce(z1, z2, self.temperature, gather=self.gather_negatives)
+        size = view1.size(0)
+        self.log_split(split, {"loss": loss, "acc": top1_retrieval_accuracy(z1, z2)}, batch_size=size, prog_bar=True)
+        if split != "train":  # representation diagnostics of the pooled output (what a hand-off reads)
+            self.log_split(split, {"alignment": alignment(view1, view2), "uniformity": uniformity(view1)},
+                           batch_size=size)
+        return loss
+
+    def training_step(self, batch, batch_idx):
+        return self._step("train", batch)
+
+    def validation_step(self, batch, batch_idx):
+        # Dropout is the augmentation: without it both views are the same and the loss says nothing.
+        # Fixed dropout masks per batch make the validation loss comparable from epoch to epoch.
+        with dropout_on(self.net), self.seeded(batch_idx):
+            self._step("val", batch)
+
+
+@contextmanager
+def dropout_on(module: nn.Module):
+    """Put ``module`` in training mode (dropout active) for the block, then back to its mode."""
+    was_training = module.training
+    module.train()
+    try:
+        yield module
+    finally:
+        module.train(was_training)
