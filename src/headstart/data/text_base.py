@@ -15,16 +15,16 @@ from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
-from torch.utils.data import DataLoader
 
 from headstart.data import builtin, files
+from headstart.data.loaders import SplitLoaders
 from headstart.data.tokenizer import load_tokenizer, tokenizer_fingerprint, train_tokenizer
 from headstart.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
 
-class TextDataModule(pl.LightningDataModule):
+class TextDataModule(SplitLoaders, pl.LightningDataModule):
     def __init__(
         self,
         builtin: str | None = None,
@@ -177,35 +177,6 @@ class TextDataModule(pl.LightningDataModule):
 
     def set_collator(self, collator) -> None:
         self.collator = collator
-
-    # -- loaders -----------------------------------------------------------------------------
-    def _loader(self, split: str, shuffle: bool) -> DataLoader:
-        import torch
-
-        if self.datasets is None:
-            raise RuntimeError("call prepare() before asking for data loaders")
-        return DataLoader(
-            self.datasets[split],
-            batch_size=self.batch_size if shuffle else self.eval_batch_size,
-            shuffle=shuffle,
-            collate_fn=self.collator,
-            num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0,
-            pin_memory=torch.cuda.is_available(),
-        )
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader("train", shuffle=True)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader("validation", shuffle=False)
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader("test", shuffle=False)
-
-    @property
-    def has_test(self) -> bool:
-        return self.datasets is not None and "test" in self.datasets
 
 
 def _hash(obj: Any) -> str:

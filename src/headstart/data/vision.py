@@ -20,8 +20,9 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
+from headstart.data.loaders import SplitLoaders
 from headstart.errors import ConfigError, DataError, did_you_mean
 
 log = logging.getLogger(__name__)
@@ -249,7 +250,11 @@ class _ImageFiles(Dataset):
 
 
 # -- the data module ------------------------------------------------------------------------------
-class ImageDataModule(pl.LightningDataModule):
+class ImageDataModule(SplitLoaders, pl.LightningDataModule):
+    # A last training batch of one or two images breaks batch norm and leaves contrastive losses
+    # without negatives; drop it (a different remainder each epoch) unless that drops everything.
+    drop_last_train = True
+
     def __init__(
         self,
         builtin: str | None = None,
@@ -369,37 +374,6 @@ class ImageDataModule(pl.LightningDataModule):
 
     def task_kwargs(self) -> dict[str, Any]:
         return {"num_labels": len(self.label_names), "label_names": list(self.label_names)}
-
-    # -- loaders -----------------------------------------------------------------------------
-    def _loader(self, split: str, train: bool) -> DataLoader:
-        if self.datasets is None:
-            raise RuntimeError("call prepare() before asking for data loaders")
-        dataset = self.datasets[split]
-        return DataLoader(
-            dataset,
-            batch_size=self.batch_size if train else self.eval_batch_size,
-            shuffle=train,
-            # A last training batch of one or two images breaks batch norm and leaves contrastive losses
-            # without negatives; drop it (a different remainder each epoch) unless that drops everything.
-            drop_last=train and len(dataset) > self.batch_size,
-            collate_fn=self.collator,
-            num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0,
-            pin_memory=torch.cuda.is_available(),
-        )
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader("train", train=True)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader("validation", train=False)
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader("test", train=False)
-
-    @property
-    def has_test(self) -> bool:
-        return self.datasets is not None and "test" in self.datasets
 
 
 def _channel_stats(train: _Split, processor: ImageProcessor) -> tuple[list[float], list[float]]:
