@@ -48,7 +48,7 @@ class SimCSE(HeadstartModule):
         loss = info_nce(z1, z2, self.temperature, gather=self.gather_negatives)
         size = view1.size(0)
         self.log_split(split, {"loss": loss, "acc": top1_retrieval_accuracy(z1, z2)}, batch_size=size, prog_bar=True)
-        if split != "train":  # representation diagnostics of the pooled output (what a hand-off reads)
+        if split != "train" and size > 1:  # diagnostics of the pooled output (what a hand-off reads)
             self.log_split(split, {"alignment": alignment(view1, view2), "uniformity": uniformity(view1)},
                            batch_size=size)
         return loss
