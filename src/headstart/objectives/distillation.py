@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from headstart.errors import CheckpointError, ConfigError
-from headstart.objectives.masked_lm import MaskedLanguageModeling
+from headstart.objectives.masked_lm import MaskedLanguageModeling, masked_position_logits
 
 # What an encoder takes from a masked batch (the labels and the collator's bookkeeping stay out).
 _ENCODER_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
@@ -33,15 +33,6 @@ def distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor
                     reduction="batchmean", log_target=True) * temperature ** 2
     hard = F.cross_entropy(student, target)
     return alpha * soft + (1.0 - alpha) * hard, soft, hard
-
-
-def masked_position_logits(net, inputs: dict[str, torch.Tensor], selected: torch.Tensor) -> torch.Tensor:
-    """An MLM's logits at the ``selected`` positions only: the encoder runs on the whole batch, the
-    vocabulary projection (the costliest layer of a small model) on the ~15% masked positions."""
-    heads = [m for m in net.children() if m is not net.base_model]
-    if len(heads) != 1:  # a head we cannot call on its own: run the whole model
-        return net(**inputs).logits[selected]
-    return heads[0](net.base_model(**inputs).last_hidden_state[selected])
 
 
 def load_teacher(path: str):

@@ -57,18 +57,9 @@ class MaskedLanguageModeling(HeadstartModule):
         labels = batch["labels"]
         inputs = _model_inputs(batch)
         selected = labels != -100
-        if self._mlm_head is None:  # a head we cannot call on its own: run the whole model
-            logits = self.net(**inputs).logits[selected]
-        else:
-            hidden = self.net.base_model(**inputs).last_hidden_state
-            logits = self._mlm_head(hidden[selected])
+        logits = masked_position_logits(self.net, inputs, selected)
         target = labels[selected]
         return _masked_token_loss(logits, target), logits, target
-
-    @property
-    def _mlm_head(self):
-        heads = [m for m in self.net.children() if m is not self.net.base_model]
-        return heads[0] if len(heads) == 1 else None
 
     def forward_with_nsp(self, batch: dict[str, torch.Tensor]):
         """As :meth:`forward`, plus the next-sentence logits: one encoder pass feeds the MLM head (at
@@ -132,6 +123,15 @@ class MaskedLanguageModeling(HeadstartModule):
     def on_validation_epoch_end(self):
         self.log_dict(self.val_metrics.compute(), sync_dist=True)
         self.val_metrics.reset()
+
+
+def masked_position_logits(net, inputs: dict[str, torch.Tensor], selected: torch.Tensor) -> torch.Tensor:
+    """An MLM's logits at the ``selected`` positions only: the encoder runs on the whole batch, the
+    vocabulary projection (the costliest layer of a small model) on the ~15% masked positions."""
+    heads = [m for m in net.children() if m is not net.base_model]
+    if len(heads) != 1:  # a head we cannot call on its own: run the whole model
+        return net(**inputs).logits[selected]
+    return heads[0](net.base_model(**inputs).last_hidden_state[selected])
 
 
 def _masked_token_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
