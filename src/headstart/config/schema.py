@@ -105,17 +105,23 @@ class TextClassificationDataConfig(TextDataConfig):
 
 
 @dataclass
-class TextBackboneConfig:
-    """A transformers backbone: built from ``arch`` (a config, no download), or loaded from ``name_or_path``."""
+class BackboneConfig:
+    """Fields shared by every backbone: built from ``arch`` (a transformers config, no download), or
+    loaded from ``name_or_path``; ``init_from`` is the export the hand-off loads."""
 
-    _target_: str = "headstart.backbones.text.TextBackboneSpec"
+    _target_: str = MISSING
     arch: dict[str, Any] = field(default_factory=dict)
     name_or_path: str | None = None
     init_from: str | None = None
+    attn_implementation: str = "sdpa"
+
+
+@dataclass
+class TextBackboneConfig(BackboneConfig):
+    _target_: str = "headstart.backbones.text.TextBackboneSpec"
     # What the hand-off loads from init_from: "backbone" (every weight) or "embeddings" (the input
     # embedding matrix alone, e.g. word2vec vectors into a BERT).
     init_scope: str = "backbone"
-    attn_implementation: str = "sdpa"
 
 
 @dataclass
@@ -267,14 +273,10 @@ class ImageDataConfig:
 
 
 @dataclass
-class VisionBackboneConfig:
-    """A transformers vision backbone (resnet, vit, headstart_cnn): built from ``arch``, or loaded from ``name_or_path``."""
+class VisionBackboneConfig(BackboneConfig):
+    """A transformers vision backbone: resnet, vit or headstart_cnn."""
 
     _target_: str = "headstart.backbones.vision.VisionBackboneSpec"
-    arch: dict[str, Any] = field(default_factory=dict)
-    name_or_path: str | None = None
-    init_from: str | None = None
-    attn_implementation: str = "sdpa"
 
 
 @dataclass

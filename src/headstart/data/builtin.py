@@ -106,18 +106,16 @@ def _materialize_pydoc_topics(root: Path) -> dict[str, list[str]]:
 
 
 def _materialize_python_docs(root: Path) -> dict[str, list[str]]:
-    files = {}
-    path = root / "validation.txt"
-    if not path.exists():
-        _write_atomic(path, [t for t, _, s in pydoc_paragraphs() if s == "validation"])
-    files["validation"] = [str(path)]
-    path = root / "train.txt"
-    if not path.exists():
-        held_out = {t for t, _, s in pydoc_paragraphs() if s != "train"}
-        docstrings = [t for t in stdlib_docstring_paragraphs() if t not in held_out]
-        _write_atomic(path, [t for t, _, s in pydoc_paragraphs() if s == "train"] + docstrings)
-    files["train"] = [str(path)]
-    return files
+    train, validation = root / "train.txt", root / "validation.txt"
+    if not (train.exists() and validation.exists()):
+        paras = pydoc_paragraphs()
+        if not validation.exists():
+            _write_atomic(validation, [t for t, _, s in paras if s == "validation"])
+        if not train.exists():
+            held_out = {t for t, _, s in paras if s != "train"}
+            docstrings = [t for t in stdlib_docstring_paragraphs() if t not in held_out]
+            _write_atomic(train, [t for t, _, s in paras if s == "train"] + docstrings)
+    return {"validation": [str(validation)], "train": [str(train)]}
 
 
 def _materialize_pydoc_topics_cls(root: Path) -> dict[str, list[str]]:
