@@ -4,6 +4,7 @@ module's imports (Lightning, transformers), which would cost seconds per process
 
 from __future__ import annotations
 
+import os
 import socket
 
 import torch
@@ -52,3 +53,7 @@ def contrastive_rank(rank: int, world: int, batch: int, temperature: float, port
         dist.barrier()
     finally:
         dist.destroy_process_group()
+    # Skip the interpreter's teardown: under load, a gloo worker thread still being joined while
+    # C++ statics are destroyed aborts the process ("terminate called without an active exception")
+    # after its results are saved.
+    os._exit(0)

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from gloo_workers import contrastive_losses_and_grads, contrastive_problem, contrastive_rank, free_port
 
 from headstart.data.augment import ImageAugment, TwoViews, apply_affine, random_affine_theta, random_erasing
-from headstart.objectives.image_contrastive import knn_accuracy
+from headstart.objectives.image_pretraining import knn_accuracy
 from headstart.objectives.losses import info_nce, nt_xent
 from headstart.objectives.moco import queue_contrastive_loss
 
@@ -174,12 +174,13 @@ def test_moco_training_step_trains_the_query_encoder_only(moco):
     moco.train()
     images = torch.randn(4, 1, 8, 8)
     queue = moco.queue.clone()
-    loss, values = moco.contrastive_step(*TwoViews(ImageAugment())(images))
+    loss, values, features = moco.contrastive_step(*TwoViews(ImageAugment())(images))
     loss.backward()
     assert all(p.grad is not None for p in moco.net.parameters())
     assert all(p.grad is None for p in moco.key_encoder.parameters())
     assert int(moco.queue_ptr) == 4 and torch.equal(moco.queue[4], queue[4])  # the step's 4 keys went in
     assert 0.0 <= float(values["acc"]) <= 1.0
+    assert features.shape == (4, 8)  # the backbone features of the first views, for the online probe
 
 
 # -- kNN monitor ---------------------------------------------------------------------------------

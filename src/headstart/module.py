@@ -31,7 +31,11 @@ class HeadstartModule(pl.LightningModule):
         self.save_hyperparameters(ignore=["backbone", "optimizer", "scheduler"])
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
-        self.net = backbone.build(self.hf_head)
+        self.net = self.build_network(backbone)
+
+    def build_network(self, backbone) -> torch.nn.Module:
+        """The transformers model this module trains: the backbone with the head ``hf_head`` names."""
+        return backbone.build(self.hf_head)
 
     # -- the backbone, as the hand-off sees it ----------------------------------------------
     @property
@@ -57,9 +61,7 @@ class HeadstartModule(pl.LightningModule):
 
     # -- optimisation -----------------------------------------------------------------------
     def configure_optimizers(self) -> Any:
-        from headstart.transfer.modes import layerwise_lr_scales
-
-        scales = layerwise_lr_scales(self) if self.layer_lr_decay != 1.0 else {}
+        scales = self.lr_scales()
         base_lr = self.optimizer_factory.keywords.get("lr") if scales else None
         groups: dict[tuple[bool, float], list[torch.nn.Parameter]] = {}
         for name, param in self.named_parameters():
@@ -80,6 +82,12 @@ class HeadstartModule(pl.LightningModule):
         scheduler = self.scheduler_factory(optimizer=optimizer,
                                            num_training_steps=int(self.trainer.estimated_stepping_batches))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def lr_scales(self) -> dict[str, float]:
+        """Learning-rate multipliers by parameter name (those left out: 1); layer-wise decay sets them."""
+        from headstart.transfer.modes import layerwise_lr_scales
+
+        return layerwise_lr_scales(self) if self.layer_lr_decay != 1.0 else {}
 
     def log_split(self, split: str, values: dict[str, Any], batch_size: int, prog_bar: bool = False) -> None:
         """Log ``{name: value}`` as ``split/name``; step-level in training, epoch means elsewhere."""
@@ -102,4 +110,8 @@ class HeadstartModule(pl.LightningModule):
         with the processor (tokenizer) that prepares its inputs."""
         from headstart.transfer.export import write_export
 
-        write_export(self.net, processor, directory, {"objective": type(self).__name__, **metadata})
+        write_export(self.exported_network(), processor, directory, {"objective": type(self).__name__, **metadata})
+
+    def exported_network(self) -> torch.nn.Module:
+        """What the export holds; the trained network itself unless the objective converts it."""
+        return self.net

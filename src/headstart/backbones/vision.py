@@ -119,6 +119,8 @@ class VisionBackboneSpec(TextBackboneSpec):
 
     def bind_processor(self, processor) -> None:
         """Make the model config agree with the images the processor makes (channels, size)."""
+        # What an objective that outputs images (an autoencoder's decoder) must produce.
+        self.image_size, self.num_channels = processor.image_size, processor.num_channels
         if self.name_or_path is not None:
             try:
                 self.config = AutoConfig.from_pretrained(self.name_or_path)

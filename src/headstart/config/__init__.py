@@ -24,6 +24,13 @@ _SCHEMAS = {
     ("schema/task", "image_classification"): schema.ImageClassificationConfig,
     ("schema/task", "simclr"): schema.SimCLRConfig,
     ("schema/task", "moco"): schema.MoCoConfig,
+    ("schema/task", "denoising_autoencoder"): schema.DenoisingAutoencoderConfig,
+    ("schema/task", "variational_autoencoder"): schema.VariationalAutoencoderConfig,
+    ("schema/task", "masked_autoencoder"): schema.MaskedAutoencoderConfig,
+    ("schema/data", "token_classification"): schema.TokenClassificationDataConfig,
+    ("schema/data", "text_regression"): schema.TextRegressionDataConfig,
+    ("schema/task", "token_classification"): schema.TokenClassificationConfig,
+    ("schema/task", "regression"): schema.RegressionConfig,
 }
 
 

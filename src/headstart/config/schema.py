@@ -305,15 +305,56 @@ class ImageAugmentConfig:
 
 
 @dataclass
-class ImageContrastiveConfig(TaskConfig):
+class ImagePretrainingConfig(TaskConfig):
+    """Fields shared by every image pretraining objective: its online evaluation, which uses the
+    data's labels and nothing else (see headstart.objectives.image_pretraining)."""
+
+    # Neighbours of the kNN accuracy of the validation features (val/knn_acc); 0 switches it off.
+    knn_k: int = 20
+    # A linear classifier on detached backbone features, trained alongside (val/probe_acc), at
+    # online_probe_lr_scale times the objective's learning rate.
+    online_probe: bool = True
+    online_probe_lr_scale: float = 10.0
+
+
+@dataclass
+class ImageContrastiveConfig(ImagePretrainingConfig):
     """Fields shared by SimCLR and MoCo."""
 
     temperature: float = 0.2
     projection_dim: int = 64
     projection_hidden_dim: int | None = None
     augment: ImageAugmentConfig = field(default_factory=ImageAugmentConfig)
-    # Neighbours of the validation kNN accuracy (val/knn_acc); 0 switches it off.
-    knn_k: int = 20
+
+
+@dataclass
+class DenoisingAutoencoderConfig(ImagePretrainingConfig):
+    _target_: str = "headstart.objectives.denoising_autoencoder.DenoisingAutoencoder"
+    noise: str = "gaussian"
+    noise_level: float = 0.5
+    # Channels of the decoder's upsampling stages (each doubles the size).
+    decoder_widths: list[int] = field(default_factory=lambda: [64, 32])
+
+
+@dataclass
+class VariationalAutoencoderConfig(ImagePretrainingConfig):
+    _target_: str = "headstart.objectives.variational_autoencoder.VariationalAutoencoder"
+    latent_dim: int = 16
+    kl_weight: float = 1.0
+    # Optimizer steps over which the KL weight rises linearly from 0 to kl_weight (0: no annealing).
+    kl_anneal_steps: int = 0
+    decoder_widths: list[int] = field(default_factory=lambda: [64, 32])
+
+
+@dataclass
+class MaskedAutoencoderConfig(ImagePretrainingConfig):
+    _target_: str = "headstart.objectives.masked_autoencoder.MaskedAutoencoder"
+    mask_ratio: float = 0.75
+    norm_pix_loss: bool = False
+    decoder_hidden_size: int = 64
+    decoder_num_hidden_layers: int = 2
+    decoder_num_attention_heads: int = 2
+    decoder_intermediate_size: int = 128
 
 
 @dataclass
@@ -329,3 +370,44 @@ class MoCoConfig(ImageContrastiveConfig):
     temperature: float = 0.2
     momentum: float = 0.99
     queue_size: int = 4096
+
+
+# -- token classification and regression heads --
+@dataclass
+class TokenClassificationDataConfig(TextDataConfig):
+    """Rows of words and their IOB2 tags (.jsonl/.parquet lists, or space-separated .csv strings)."""
+
+    _target_: str = "headstart.data.token_classification.TokenClassificationDataModule"
+    tokens_column: str = "tokens"
+    tags_column: str = "tags"
+    # Label every sub-token of a word (B- becomes I- after the first), not only its first.
+    label_all_tokens: bool = False
+    label_fraction: float = 1.0
+
+
+@dataclass
+class TextRegressionDataConfig(TextClassificationDataConfig):
+    """A text column and a numeric target column (or a list of numbers for several targets)."""
+
+    _target_: str = "headstart.data.text_regression.TextRegressionDataModule"
+
+
+@dataclass
+class TokenClassificationConfig(TaskConfig):
+    _target_: str = "headstart.heads.token_classification.TokenClassifier"
+    classifier_dropout: float = 0.1
+    monitor: str = "val/f1"
+    monitor_mode: str = "max"
+
+
+@dataclass
+class RegressionConfig(TaskConfig):
+    _target_: str = "headstart.heads.regression.Regressor"
+    pooling: str = "mean"
+    classifier_dropout: float = 0.1
+    loss: str = "mse"  # mse | mae | huber
+    huber_delta: float = 1.0
+    # Learn the targets standardised by the training mean/std; metrics are in the data's units.
+    standardize_targets: bool = True
+    monitor: str = "val/mse"
+    monitor_mode: str = "min"

@@ -111,8 +111,7 @@ class TextDataModule(SplitLoaders, pl.LightningDataModule):
         import datasets
 
         split_files = self.resolved_files()
-        raw = files.load_files(split_files, self.text_column, os.path.join(self.cache_dir, "hf_datasets"),
-                               self.required_columns)
+        raw = self._load_raw(split_files)
         if "validation" not in raw:
             parts = raw["train"].train_test_split(test_size=self.val_fraction, seed=self.seed,
                                                   shuffle=not self.ordered_validation_split)
@@ -120,6 +119,7 @@ class TextDataModule(SplitLoaders, pl.LightningDataModule):
         self._check_raw(raw)
         source = tokenizer_source or self.tokenizer_path
         self.tokenizer = load_tokenizer(source) if source else self._trained_tokenizer(raw["train"], split_files)
+        self._check_tokenizer(source)
         self.tokenizer.model_max_length = self.max_length
 
         key = _hash({
@@ -144,8 +144,16 @@ class TextDataModule(SplitLoaders, pl.LightningDataModule):
                 self.datasets = datasets.load_from_disk(str(cache_path))
         self.datasets.set_format("torch")
 
+    def _load_raw(self, split_files: dict[str, list[str]]):
+        """The raw splits, a DatasetDict with a ``text`` column (what the tokenizer is trained on)."""
+        return files.load_files(split_files, self.text_column, os.path.join(self.cache_dir, "hf_datasets"),
+                                self.required_columns)
+
     def _check_raw(self, raw) -> None:
         """Hook for checks on the raw splits (labels, sizes)."""
+
+    def _check_tokenizer(self, source: str | None) -> None:
+        """Hook for what the task needs of the tokenizer (``source``: where it was loaded from, if it was)."""
 
     def _trained_tokenizer(self, train_split, split_files):
         """Train a tokenizer on the training split, or reuse the one trained on the same data before."""
@@ -177,6 +185,15 @@ class TextDataModule(SplitLoaders, pl.LightningDataModule):
 
     def set_collator(self, collator) -> None:
         self.collator = collator
+
+
+def label_subset(dataset, fraction: float, seed: int, minimum: int = 1):
+    """``fraction`` of the rows of a labelled training split (at least ``minimum``), drawn at random
+    with ``seed``: the few-label setting, the same rows for the same seed."""
+    if fraction >= 1.0:
+        return dataset
+    rows = dataset.shuffle(seed=seed)
+    return rows.select(range(min(len(rows), max(minimum, round(fraction * len(rows))))))
 
 
 def _hash(obj: Any) -> str:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from headstart.data.text_base import TextDataModule
+from headstart.data.text_base import TextDataModule, label_subset
 from headstart.errors import ConfigError, DataError
 
 
@@ -49,10 +49,8 @@ class TextClassificationDataModule(TextDataModule):
 
     def prepare(self, tokenizer_source: str | None = None) -> None:
         super().prepare(tokenizer_source)
-        if self.label_fraction < 1.0:
-            train = self.datasets["train"].shuffle(seed=self.seed)
-            keep = max(len(self.label_names), round(self.label_fraction * len(train)))
-            self.datasets["train"] = train.select(range(keep))
+        self.datasets["train"] = label_subset(self.datasets["train"], self.label_fraction, self.seed,
+                                              minimum=len(self.label_names))
 
     def task_kwargs(self):
         return {"num_labels": len(self.label_names), "label_names": list(self.label_names)}

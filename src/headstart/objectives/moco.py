@@ -71,12 +71,13 @@ class MoCo(ImageContrastiveObjective):
         self.queue[slots] = keys
         self.queue_ptr.copy_((self.queue_ptr + keys.size(0)) % size)
 
-    def contrastive_step(self, view1: torch.Tensor, view2: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def contrastive_step(self, view1: torch.Tensor, view2: torch.Tensor):
         if self.training:
             self.momentum_update()  # before the keys, as in MoCo
         keys = self.keys(view2)
+        features = self.encode(view1)
         # A snapshot of the queue: the enqueue below changes it in place before the backward pass.
-        loss, logits = queue_contrastive_loss(self.project(view1), keys, self.queue.clone(), self.temperature)
+        loss, logits = queue_contrastive_loss(self.projection(features), keys, self.queue.clone(), self.temperature)
         if self.training:
             self.enqueue(keys)
-        return loss, {"acc": (logits.argmax(-1) == 0).float().mean()}
+        return loss, {"acc": (logits.argmax(-1) == 0).float().mean()}, features

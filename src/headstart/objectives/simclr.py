@@ -16,8 +16,9 @@ class SimCLR(ImageContrastiveObjective):
         super().__init__(backbone, optimizer, scheduler, **kwargs)
         self.gather_negatives = gather_negatives
 
-    def contrastive_step(self, view1: torch.Tensor, view2: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def contrastive_step(self, view1: torch.Tensor, view2: torch.Tensor):
         # Both views in one pass: batch norm normalises over all 2N views, as in SimCLR.
-        z1, z2 = self.project(torch.cat([view1, view2])).chunk(2)
+        features = self.encode(torch.cat([view1, view2]))
+        z1, z2 = self.projection(features).chunk(2)
         loss = nt_xent(z1, z2, self.temperature, gather=self.gather_negatives)
-        return loss, {"acc": top1_retrieval_accuracy(z1, z2)}
+        return loss, {"acc": top1_retrieval_accuracy(z1, z2)}, features[: view1.size(0)]

@@ -1,0 +1,180 @@
+"""Word-tagged text (a list of words and a list of per-word IOB2 tags a row) for token classification.
+
+Rows are ``{"tokens": ["Ada", "lives", "in", "Paris"], "tags": ["B-PER", "O", "O", "B-LOC"]}`` in
+.jsonl or .parquet; in .csv (which has no lists) both columns are space-separated strings. Words are
+tokenized with ``is_split_into_words=True`` and each word's tag goes on its first sub-token; its
+other sub-tokens and the special tokens get -100 (ignored), or with ``label_all_tokens`` the word's
+tag too (``B-X`` becomes ``I-X`` after the first sub-token, so an entity stays one entity).
+
+The rows are read and checked here (``_load_raw``) rather than by ``files.load_files``, which wants
+one string of text a row; the rest (tokenizer, cache, loaders) is the shared ``TextDataModule``'s.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+
+from headstart.data import files
+from headstart.data.text_base import TextDataModule, label_subset
+from headstart.errors import ConfigError, DataError
+
+log = logging.getLogger(__name__)
+
+IGNORE_INDEX = -100
+_TAG = re.compile(r"^(O|[BIES]-\S+)$")
+
+
+def _continuation(tag: str) -> str:
+    """The tag of a word's later sub-tokens when every sub-token is labelled."""
+    return "I-" + tag[2:] if tag.startswith("B-") else tag
+
+
+class TokenClassificationDataModule(TextDataModule):
+    def __init__(self, tokens_column: str = "tokens", tags_column: str = "tags", label_all_tokens: bool = False,
+                 label_fraction: float = 1.0, **kwargs) -> None:
+        if not 0.0 < label_fraction <= 1.0:
+            raise ConfigError(f"data.label_fraction={label_fraction} must be in (0, 1]: the share of training rows kept.")
+        super().__init__(**kwargs)
+        self.tokens_column = tokens_column
+        self.tags_column = tags_column
+        self.label_all_tokens = label_all_tokens
+        self.label_fraction = label_fraction
+        self.label_names: list[str] = []
+
+    # -- reading and checking the rows ------------------------------------------------------------
+    def _read_file(self, split: str, path: str, builder: str, cache_dir: str) -> dict[str, list]:
+        """One file's rows as words, tags and their joined text (what a tokenizer is trained on)."""
+        import datasets
+
+        try:
+            ds = datasets.load_dataset(builder, data_files={split: [path]}, split=split, cache_dir=cache_dir)
+        except Exception as err:  # noqa: BLE001 - any reader failure here is a problem with the user's file
+            cause = err.__cause__ or err
+            raise DataError(
+                f"data.{split}_files: could not read {path!r} as {builder} ({type(cause).__name__}: "
+                f"{str(cause).splitlines()[0] if str(cause) else ''}). Check that the file is UTF-8 in the "
+                "format its suffix says."
+            ) from None
+        missing = [c for c in (self.tokens_column, self.tags_column) if c not in ds.column_names]
+        if missing:
+            raise DataError(
+                f"data.{split}_files: {path!r} has no column {missing[0]!r} (columns: {ds.column_names}). "
+                "Set data.tokens_column (the list of words) and data.tags_column (their tags) to the right names."
+            )
+        out: dict[str, list] = {"tokens": [], "tags": [], "text": []}
+        for row, (words, tags) in enumerate(zip(ds[self.tokens_column], ds[self.tags_column], strict=True), start=1):
+            words, tags = self._as_list(words, split, path, row, "tokens"), self._as_list(tags, split, path, row, "tags")
+            if len(words) != len(tags):
+                raise DataError(
+                    f"data.{split}_files: row {row} of {path!r} has {len(words)} words in {self.tokens_column!r} "
+                    f"but {len(tags)} tags in {self.tags_column!r}. Every word needs exactly one tag; fix or "
+                    "drop that row."
+                )
+            bad = next((t for t in tags if not _TAG.match(t)), None)
+            if bad is not None:
+                raise DataError(
+                    f"data.{split}_files: row {row} of {path!r} has tag {bad!r}, which is not an IOB2 tag. Tags "
+                    "must be 'O' or a prefix B-, I- (or E-, S-) and an entity type, such as 'B-PER'."
+                )
+            if words:  # an empty row has nothing to tag, as an empty line has no text
+                out["tokens"].append(words)
+                out["tags"].append(tags)
+                out["text"].append(" ".join(words))
+        return out
+
+    def _as_list(self, value, split: str, path: str, row: int, what: str) -> list[str]:
+        column = self.tokens_column if what == "tokens" else self.tags_column
+        if isinstance(value, str):  # csv: space-separated
+            return value.split()
+        if isinstance(value, list | tuple) and all(isinstance(v, str) for v in value):
+            return list(value)
+        raise DataError(
+            f"data.{split}_files: row {row} of {path!r} has {column!r} = {str(value)[:80]!r}; it must be a list "
+            f"of strings (or, in a .csv, one space-separated string) of {what}."
+        )
+
+    def _load_raw(self, split_files: dict[str, list[str]]):
+        import datasets
+
+        datasets.disable_progress_bars()
+        cache_dir = os.path.join(self.cache_dir, "hf_datasets")
+        splits = {}
+        for split, paths in split_files.items():
+            builder = files.check_files(split, paths)
+            if builder == "text":
+                raise DataError(
+                    f"data.{split}_files: {paths} are plain text, which holds no tags. Token classification reads "
+                    ".jsonl, .parquet or .csv rows with a list of words and a list of tags."
+                )
+            rows: dict[str, list] = {"tokens": [], "tags": [], "text": []}
+            for path in paths:
+                for key, values in self._read_file(split, path, builder, cache_dir).items():
+                    rows[key].extend(values)
+            if not rows["tokens"]:
+                raise DataError(f"data.{split}_files: {paths} hold no rows with words. Point the config at tagged data.")
+            splits[split] = datasets.Dataset.from_dict(rows)
+        return datasets.DatasetDict(splits)
+
+    def _check_raw(self, raw) -> None:
+        """Label names from the training split, ``O`` first then sorted; other splits may not add tags."""
+        train_tags = {t for tags in raw["train"]["tags"] for t in tags}
+        if self.label_all_tokens:
+            train_tags |= {_continuation(t) for t in train_tags}
+        self.label_names = sorted(train_tags, key=lambda t: (t != "O", t))
+        if train_tags <= {"O"}:
+            raise DataError(
+                f"The training split of data.train_files has no entity tags (only {sorted(train_tags)}); token "
+                "classification needs tagged entities such as B-PER to learn from."
+            )
+        for split, ds in raw.items():
+            unseen = sorted({t for tags in ds["tags"] for t in tags} - train_tags)
+            if unseen:
+                raise DataError(
+                    f"The {split} split has tags {unseen[:5]} that the training split never has (training tags: "
+                    f"{self.label_names[:10]}). Every tag must occur in data.train_files."
+                )
+
+    # -- preparation ----------------------------------------------------------------------------
+    def _check_tokenizer(self, source: str | None) -> None:
+        if not self.tokenizer.is_fast:
+            raise DataError(
+                f"The tokenizer {source!r} is a slow (Python) tokenizer; token classification needs a fast one "
+                "to map sub-tokens to words. Save a fast tokenizer (tokenizer.json) or let headstart train one."
+            )
+
+    def _cache_settings(self):
+        return {"columns": [self.tokens_column, self.tags_column], "labels": self.label_names,
+                "label_all_tokens": self.label_all_tokens}
+
+    def prepare(self, tokenizer_source: str | None = None) -> None:
+        super().prepare(tokenizer_source)
+        self.datasets["train"] = label_subset(self.datasets["train"], self.label_fraction, self.seed)
+
+    def _tokenize(self, raw):
+        tok, label_ids, all_tokens = self.tokenizer, {name: i for i, name in enumerate(self.label_names)}, \
+            self.label_all_tokens
+
+        def encode(batch):
+            out = tok(batch["tokens"], is_split_into_words=True, truncation=True, max_length=self.max_length)
+            labels = []
+            for i, tags in enumerate(batch["tags"]):
+                row, previous = [], None
+                for word in out.word_ids(i):
+                    if word is None:  # [CLS], [SEP]
+                        row.append(IGNORE_INDEX)
+                    elif word != previous:
+                        row.append(label_ids[tags[word]])
+                    else:
+                        row.append(label_ids[_continuation(tags[word])] if all_tokens else IGNORE_INDEX)
+                    previous = word
+                labels.append(row)
+            out["labels"] = labels
+            return out
+
+        return raw.map(encode, batched=True, remove_columns=raw["train"].column_names, num_proc=self.num_proc,
+                       desc="tokenize")
+
+    def task_kwargs(self):
+        return {"num_labels": len(self.label_names), "label_names": list(self.label_names)}

@@ -1,0 +1,111 @@
+"""Text regression: a pooled representation -> dropout -> linear to ``num_targets`` numbers.
+
+With ``standardize_targets`` the head learns the targets scaled to mean 0 / std 1 by the training
+split's statistics (so a target in the thousands trains with the same learning rate as one near 1)
+and undoes it for the predictions, so val/test MSE, MAE, Pearson and Spearman are in the data's
+units. The loss (and ``val/loss``) is in the scale the head learns in.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchmetrics import MetricCollection
+from torchmetrics.regression import MeanAbsoluteError, MeanSquaredError, PearsonCorrCoef, SpearmanCorrCoef
+
+from headstart.backbones.pooling import check_pooling, pool
+from headstart.errors import ConfigError
+from headstart.module import HeadstartModule
+
+LOSSES = ("mse", "mae", "huber")
+
+
+class Regressor(HeadstartModule):
+    hf_head = "base"
+
+    def __init__(self, backbone, optimizer, scheduler=None, num_targets: int = 1, pooling: str = "mean",
+                 classifier_dropout: float = 0.1, loss: str = "mse", huber_delta: float = 1.0,
+                 standardize_targets: bool = True, target_mean: list[float] | None = None,
+                 target_std: list[float] | None = None, **kwargs) -> None:
+        check_pooling(pooling)
+        if loss not in LOSSES:
+            raise ConfigError(f"task.loss={loss!r} is unknown; use one of {', '.join(LOSSES)}.")
+        if huber_delta <= 0:
+            raise ConfigError(f"task.huber_delta={huber_delta} must be positive: where the Huber loss turns linear.")
+        super().__init__(backbone, optimizer, scheduler, **kwargs)
+        self.pooling, self.loss_name, self.huber_delta = pooling, loss, huber_delta
+        self.num_targets = num_targets
+        self.head = nn.Sequential(nn.Dropout(classifier_dropout), nn.Linear(backbone.hidden_size, num_targets))
+        # Buffers, so that a checkpoint carries the scaling it was trained with.
+        scale = standardize_targets and target_mean is not None and target_std is not None
+        self.register_buffer("target_mean", torch.tensor(target_mean if scale else [0.0] * num_targets))
+        self.register_buffer("target_std", torch.tensor(target_std if scale else [1.0] * num_targets))
+        with warnings.catch_warnings():  # that Spearman keeps every prediction: it must, to rank them
+            warnings.filterwarnings("ignore", message=".*will save all targets and predictions.*")
+            spearman = SpearmanCorrCoef(num_outputs=num_targets)
+        metrics = MetricCollection({
+            "mse": MeanSquaredError(),
+            "mae": MeanAbsoluteError(),
+            "pearson": PearsonCorrCoef(num_outputs=num_targets),
+            "spearman": spearman,
+        })
+        self.val_metrics = metrics.clone(prefix="val/")
+        self.test_metrics = metrics.clone(prefix="test/")
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """(B, num_targets) predictions in the standardised scale the head learns in."""
+        inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "token_type_ids") if k in batch}
+        hidden = self.net(**inputs).last_hidden_state
+        return self.head(pool(hidden, batch["attention_mask"], self.pooling))
+
+    def unscale(self, outputs: torch.Tensor) -> torch.Tensor:
+        """Outputs of :meth:`forward` in the data's units."""
+        return outputs.float() * self.target_std + self.target_mean
+
+    def _targets(self, batch) -> torch.Tensor:
+        return batch["labels"].float().view(-1, self.num_targets)
+
+    def _loss(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        scaled = (targets - self.target_mean) / self.target_std
+        outputs = outputs.float()
+        if self.loss_name == "mae":
+            return F.l1_loss(outputs, scaled)
+        if self.loss_name == "huber":
+            return F.huber_loss(outputs, scaled, delta=self.huber_delta)
+        return F.mse_loss(outputs, scaled)
+
+    def training_step(self, batch, batch_idx):
+        targets = self._targets(batch)
+        loss = self._loss(self(batch), targets)
+        self.log_split("train", {"loss": loss}, batch_size=targets.size(0), prog_bar=True)
+        return loss
+
+    def _eval_step(self, batch, split: str, metrics: MetricCollection) -> None:
+        targets, outputs = self._targets(batch), self(batch)
+        self.log_split(split, {"loss": self._loss(outputs, targets)}, batch_size=targets.size(0))
+        preds = self.unscale(outputs)
+        if self.num_targets == 1:  # the correlation metrics want (N,) for a single output
+            preds, targets = preds.squeeze(-1), targets.squeeze(-1)
+        metrics.update(preds, targets)
+
+    def validation_step(self, batch, batch_idx):
+        self._eval_step(batch, "val", self.val_metrics)
+
+    def test_step(self, batch, batch_idx):
+        self._eval_step(batch, "test", self.test_metrics)
+
+    @staticmethod
+    def _scalars(values: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Correlations of several targets come per target; log their mean."""
+        return {k: v.float().mean() for k, v in values.items()}
+
+    def on_validation_epoch_end(self):
+        self.log_dict(self._scalars(self.val_metrics.compute()), sync_dist=True, prog_bar=True)
+        self.val_metrics.reset()
+
+    def on_test_epoch_end(self):
+        self.log_dict(self._scalars(self.test_metrics.compute()), sync_dist=True)
+        self.test_metrics.reset()
