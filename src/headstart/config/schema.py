@@ -146,12 +146,19 @@ class MaskedLMConfig(TaskConfig):
 
 
 @dataclass
-class SequenceClassificationConfig(TaskConfig):
-    _target_: str = "headstart.heads.sequence_classification.SequenceClassifier"
-    pooling: str = "mean"
+class HeadConfig(TaskConfig):
+    """Fields shared by the downstream heads: dropout before the head's linear layer, and the
+    validation metric that picks the best checkpoint."""
+
     classifier_dropout: float = 0.1
     monitor: str = "val/acc"
     monitor_mode: str = "max"
+
+
+@dataclass
+class SequenceClassificationConfig(HeadConfig):
+    _target_: str = "headstart.heads.sequence_classification.SequenceClassifier"
+    pooling: str = "mean"
 
 
 @dataclass
@@ -280,11 +287,8 @@ class VisionBackboneConfig(BackboneConfig):
 
 
 @dataclass
-class ImageClassificationConfig(TaskConfig):
+class ImageClassificationConfig(HeadConfig):
     _target_: str = "headstart.heads.image_classification.ImageClassifier"
-    classifier_dropout: float = 0.1
-    monitor: str = "val/acc"
-    monitor_mode: str = "max"
 
 
 @dataclass
@@ -393,18 +397,15 @@ class TextRegressionDataConfig(TextClassificationDataConfig):
 
 
 @dataclass
-class TokenClassificationConfig(TaskConfig):
+class TokenClassificationConfig(HeadConfig):
     _target_: str = "headstart.heads.token_classification.TokenClassifier"
-    classifier_dropout: float = 0.1
     monitor: str = "val/f1"
-    monitor_mode: str = "max"
 
 
 @dataclass
-class RegressionConfig(TaskConfig):
+class RegressionConfig(HeadConfig):
     _target_: str = "headstart.heads.regression.Regressor"
     pooling: str = "mean"
-    classifier_dropout: float = 0.1
     loss: str = "mse"  # mse | mae | huber
     huber_delta: float = 1.0
     # Learn the targets standardised by the training mean/std; metrics are in the data's units.

@@ -40,6 +40,22 @@ def fingerprint(paths: list[str]) -> list[tuple[str, int, int]]:
     return [(os.path.abspath(p), os.path.getsize(p), os.stat(p).st_mtime_ns) for p in paths]
 
 
+def read_dataset(split: str, paths: list[str], builder: str, cache_dir: str):
+    """``paths`` read by the ``datasets`` builder as one Dataset; a file it cannot read is the user's
+    to fix, and the error says which and why."""
+    import datasets
+
+    try:
+        return datasets.load_dataset(builder, data_files={split: paths}, split=split, cache_dir=cache_dir)
+    except Exception as err:  # noqa: BLE001 - any reader failure here is a problem with the user's file
+        cause = err.__cause__ or err
+        raise DataError(
+            f"data.{split}_files: could not read {paths} as {builder} ({type(cause).__name__}: "
+            f"{str(cause).splitlines()[0] if str(cause) else ''}). Check that the file is UTF-8 text "
+            "in the format its suffix says."
+        ) from None
+
+
 def load_files(files: dict[str, list[str]], text_column: str, cache_dir: str, required: tuple[str, ...] = ()):
     """Load each split's files; rows whose text is empty are dropped; an empty split is an error."""
     import datasets
@@ -48,15 +64,7 @@ def load_files(files: dict[str, list[str]], text_column: str, cache_dir: str, re
     splits = {}
     for split, paths in files.items():
         builder = check_files(split, paths)
-        try:
-            ds = datasets.load_dataset(builder, data_files={split: paths}, split=split, cache_dir=cache_dir)
-        except Exception as err:  # noqa: BLE001 - any reader failure here is a problem with the user's file
-            cause = err.__cause__ or err
-            raise DataError(
-                f"data.{split}_files: could not read {paths} as {builder} ({type(cause).__name__}: "
-                f"{str(cause).splitlines()[0] if str(cause) else ''}). Check that the file is UTF-8 text "
-                "in the format its suffix says."
-            ) from None
+        ds = read_dataset(split, paths, builder, cache_dir)
         column = "text" if builder == "text" else text_column
         missing = [c for c in (column, *required) if c not in ds.column_names]
         if missing:

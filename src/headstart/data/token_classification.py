@@ -46,17 +46,7 @@ class TokenClassificationDataModule(TextDataModule):
     # -- reading and checking the rows ------------------------------------------------------------
     def _read_file(self, split: str, path: str, builder: str, cache_dir: str) -> dict[str, list]:
         """One file's rows as words, tags and their joined text (what a tokenizer is trained on)."""
-        import datasets
-
-        try:
-            ds = datasets.load_dataset(builder, data_files={split: [path]}, split=split, cache_dir=cache_dir)
-        except Exception as err:  # noqa: BLE001 - any reader failure here is a problem with the user's file
-            cause = err.__cause__ or err
-            raise DataError(
-                f"data.{split}_files: could not read {path!r} as {builder} ({type(cause).__name__}: "
-                f"{str(cause).splitlines()[0] if str(cause) else ''}). Check that the file is UTF-8 in the "
-                "format its suffix says."
-            ) from None
+        ds = files.read_dataset(split, [path], builder, cache_dir)
         missing = [c for c in (self.tokens_column, self.tags_column) if c not in ds.column_names]
         if missing:
             raise DataError(

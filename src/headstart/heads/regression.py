@@ -18,14 +18,12 @@ from torchmetrics.regression import MeanAbsoluteError, MeanSquaredError, Pearson
 
 from headstart.backbones.pooling import check_pooling, pool
 from headstart.errors import ConfigError
-from headstart.module import HeadstartModule
+from headstart.heads.supervised import SupervisedHead
 
 LOSSES = ("mse", "mae", "huber")
 
 
-class Regressor(HeadstartModule):
-    hf_head = "base"
-
+class Regressor(SupervisedHead):
     def __init__(self, backbone, optimizer, scheduler=None, num_targets: int = 1, pooling: str = "mean",
                  classifier_dropout: float = 0.1, loss: str = "mse", huber_delta: float = 1.0,
                  standardize_targets: bool = True, target_mean: list[float] | None = None,
@@ -46,14 +44,12 @@ class Regressor(HeadstartModule):
         with warnings.catch_warnings():  # that Spearman keeps every prediction: it must, to rank them
             warnings.filterwarnings("ignore", message=".*will save all targets and predictions.*")
             spearman = SpearmanCorrCoef(num_outputs=num_targets)
-        metrics = MetricCollection({
+        self.init_metrics(MetricCollection({
             "mse": MeanSquaredError(),
             "mae": MeanAbsoluteError(),
             "pearson": PearsonCorrCoef(num_outputs=num_targets),
             "spearman": spearman,
-        })
-        self.val_metrics = metrics.clone(prefix="val/")
-        self.test_metrics = metrics.clone(prefix="test/")
+        }))
 
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """(B, num_targets) predictions in the standardised scale the head learns in."""
@@ -65,9 +61,6 @@ class Regressor(HeadstartModule):
         """Outputs of :meth:`forward` in the data's units."""
         return outputs.float() * self.target_std + self.target_mean
 
-    def _targets(self, batch) -> torch.Tensor:
-        return batch["labels"].float().view(-1, self.num_targets)
-
     def _loss(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         scaled = (targets - self.target_mean) / self.target_std
         outputs = outputs.float()
@@ -77,35 +70,13 @@ class Regressor(HeadstartModule):
             return F.huber_loss(outputs, scaled, delta=self.huber_delta)
         return F.mse_loss(outputs, scaled)
 
-    def training_step(self, batch, batch_idx):
-        targets = self._targets(batch)
-        loss = self._loss(self(batch), targets)
-        self.log_split("train", {"loss": loss}, batch_size=targets.size(0), prog_bar=True)
-        return loss
-
-    def _eval_step(self, batch, split: str, metrics: MetricCollection) -> None:
-        targets, outputs = self._targets(batch), self(batch)
-        self.log_split(split, {"loss": self._loss(outputs, targets)}, batch_size=targets.size(0))
-        preds = self.unscale(outputs)
+    def step(self, batch):
+        targets, outputs = batch["labels"].float().view(-1, self.num_targets), self(batch)
+        loss, predictions = self._loss(outputs, targets), self.unscale(outputs)
         if self.num_targets == 1:  # the correlation metrics want (N,) for a single output
-            preds, targets = preds.squeeze(-1), targets.squeeze(-1)
-        metrics.update(preds, targets)
+            predictions, targets = predictions.squeeze(-1), targets.squeeze(-1)
+        return loss, predictions, targets, predictions.size(0)
 
-    def validation_step(self, batch, batch_idx):
-        self._eval_step(batch, "val", self.val_metrics)
-
-    def test_step(self, batch, batch_idx):
-        self._eval_step(batch, "test", self.test_metrics)
-
-    @staticmethod
-    def _scalars(values: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    def metric_values(self, values: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Correlations of several targets come per target; log their mean."""
         return {k: v.float().mean() for k, v in values.items()}
-
-    def on_validation_epoch_end(self):
-        self.log_dict(self._scalars(self.val_metrics.compute()), sync_dist=True, prog_bar=True)
-        self.val_metrics.reset()
-
-    def on_test_epoch_end(self):
-        self.log_dict(self._scalars(self.test_metrics.compute()), sync_dist=True)
-        self.test_metrics.reset()
