@@ -230,3 +230,39 @@ def test_online_evaluation_under_two_process_ddp_and_resume(tmp_path):
     resumed = _run_dir(tmp_path / "resumed")
     after = _epoch_metric(resumed, "val/probe_acc")
     assert len(after) == 1 and after[0] > probe[0], (probe, after)  # not a probe starting over
+
+
+# -- feature export ------------------------------------------------------------------------------
+@pytest.mark.slow
+def test_feature_export_writes_the_exported_backbones_features_in_data_order(pretrained, tmp_path):
+    from transformers import AutoModel
+
+    from headstart.backbones.vision import image_features
+    from headstart.data.vision import ImageDataModule
+
+    run_dir = pretrained("dae")
+    proc = run_train(["experiment=feature_export", "logger=csv", *SMALL_CNN, f"model.init_from={run_dir}",
+                      "task.splits=[train,test]"], tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = _run_dir(tmp_path)
+    assert sorted(p.name for p in (out / "features").iterdir()) == ["features.json", "test.safetensors",
+                                                                    "train.safetensors"]
+    data = ImageDataModule(builtin="digits")
+    data.prepare(str(run_dir / "export"))
+    model = AutoModel.from_pretrained(run_dir / "export").eval()
+    for split in ("train", "test"):
+        written = load_file(str(out / "features" / f"{split}.safetensors"))
+        images = data.datasets[split]
+        assert torch.equal(written["labels"], images.labels)
+        with torch.no_grad():
+            expected = image_features(model(pixel_values=images.pixel_values))
+        assert written["features"].shape == (len(images), 64)
+        assert torch.allclose(written["features"], expected, atol=1e-5)
+    meta = json.loads((out / "features" / "features.json").read_text())
+    assert meta["splits"]["test"]["features"] == [len(data.datasets["test"]), 64]
+    assert json.loads((out / "results.json").read_text())["handoff"]["loaded"] == 18
+
+
+def test_feature_export_needs_a_trained_backbone(tmp_path):
+    proc = run_train(["experiment=feature_export", "logger=none"], tmp_path)
+    assert_user_error(proc, "task=feature_export needs a trained backbone", "model.init_from=")

@@ -217,36 +217,46 @@ def _check_pretrain_run(run_dir: Path, objective: str) -> None:
     knn = _epoch_metric(run_dir, "val/knn_acc")
     assert knn[-1] > 0.5, knn  # 10 digits: chance is 0.1
     assert results["metrics"]["test/knn_acc"] > 0.5
+    # The online linear probe (on detached features, trained alongside) beats chance (0.1) by far.
+    online_probe = _epoch_metric(run_dir, "val/probe_acc")
+    assert online_probe[-1] > 0.4 and results["metrics"]["test/probe_acc"] > 0.4, online_probe
     export = run_dir / "export"
     assert (export / PROCESSOR_CONFIG).is_file() and (run_dir / "processor" / PROCESSOR_CONFIG).is_file()
     assert json.loads((export / "headstart_export.json").read_text())["objective"] == objective
     probe = linear_probe_accuracy(export)
     print(f"{objective}: val/loss {val_loss[0]:.3f} -> {val_loss[-1]:.3f}, val/knn_acc {knn[0]:.3f} -> {knn[-1]:.3f}, "
-          f"linear probe {probe:.3f}")
+          f"val/probe_acc {online_probe[-1]:.3f}, offline linear probe {probe:.3f}")
     assert probe > 0.5, probe
+
+
+def _check_handoff(run_dir: Path, objective: str, root: Path, epochs: int) -> dict:
+    """Fine-tune the image classifier from ``run_dir``: every exported weight loads, only the head is new."""
+    proc = run_train(["experiment=vision_classification", "logger=csv", f"trainer.max_epochs={epochs}", *SMALL_CNN,
+                      f"model.init_from={run_dir}"], root)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    finetune = _only_run_dir(root)
+    report = json.loads((finetune / "handoff_report.json").read_text())
+    assert report["source_objective"] == objective
+    assert report["loaded"] == sorted(load_file(str(run_dir / "export" / "model.safetensors")))
+    assert sorted(report["new"]) == ["head.1.bias", "head.1.weight"]
+    results = json.loads((finetune / "results.json").read_text())
+    assert results["task"] == "ImageClassifier"
+    return results
 
 
 @pytest.mark.slow
 def test_simclr_pretrains_and_hands_off_to_the_classifier(tmp_path):
     run_dir = _pretrain(tmp_path / "pretrain", "vision_simclr")
     _check_pretrain_run(run_dir, "SimCLR")
-
-    proc = run_train(["experiment=vision_classification", "logger=csv", "trainer.max_epochs=2", *SMALL_CNN,
-                      f"model.init_from={run_dir}"], tmp_path / "finetune")
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    finetune = _only_run_dir(tmp_path / "finetune")
-    report = json.loads((finetune / "handoff_report.json").read_text())
-    assert report["source_objective"] == "SimCLR"
-    assert report["loaded"] == sorted(load_file(str(run_dir / "export" / "model.safetensors")))
-    assert sorted(report["new"]) == ["head.1.bias", "head.1.weight"]
-    results = json.loads((finetune / "results.json").read_text())
-    assert results["task"] == "ImageClassifier" and results["metrics"]["test/acc"] > 0.8
+    results = _check_handoff(run_dir, "SimCLR", tmp_path / "finetune", epochs=2)
+    assert results["metrics"]["test/acc"] > 0.8
 
 
 @pytest.mark.slow
 def test_moco_pretrains_with_its_queue_checkpointed(tmp_path):
-    run_dir = _pretrain(tmp_path, "vision_moco")
+    run_dir = _pretrain(tmp_path / "pretrain", "vision_moco")
     _check_pretrain_run(run_dir, "MoCo")
+    _check_handoff(run_dir, "MoCo", tmp_path / "finetune", epochs=1)
     [last] = (run_dir / "checkpoints").glob("last*.ckpt")
     state = torch.load(last, map_location="cpu", weights_only=False)["state_dict"]
     queue = state["queue"]

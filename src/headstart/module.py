@@ -20,10 +20,14 @@ class HeadstartModule(pl.LightningModule):
     hf_head = "base"
     #: Pretraining objectives export their backbone at the end of training for the next stage.
     exports_backbone = False
+    #: False for modules that only run inference (feature export): the stage calls their ``extract``.
+    trains = True
     #: Set by headstart.transfer.modes.apply_transfer: submodules kept in eval mode (a linear
     #: probe's frozen backbone) and the layer-wise learning-rate decay.
     frozen_modules: tuple[torch.nn.Module, ...] = ()
     layer_lr_decay = 1.0
+    #: FLOPs of one training batch, read by the throughput monitor (FLOPs/s and MFU); None: not counted.
+    flops_per_batch: float | None = None
 
     def __init__(self, backbone, optimizer, scheduler=None, monitor: str = "val/loss",
                  monitor_mode: str = "min") -> None:

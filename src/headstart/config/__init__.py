@@ -27,6 +27,7 @@ _SCHEMAS = {
     ("schema/task", "denoising_autoencoder"): schema.DenoisingAutoencoderConfig,
     ("schema/task", "variational_autoencoder"): schema.VariationalAutoencoderConfig,
     ("schema/task", "masked_autoencoder"): schema.MaskedAutoencoderConfig,
+    ("schema/task", "feature_export"): schema.FeatureExportConfig,
     ("schema/data", "token_classification"): schema.TokenClassificationDataConfig,
     ("schema/data", "text_regression"): schema.TextRegressionDataConfig,
     ("schema/task", "token_classification"): schema.TokenClassificationConfig,

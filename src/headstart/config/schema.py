@@ -162,6 +162,18 @@ class SequenceClassificationConfig(HeadConfig):
 
 
 @dataclass
+class FeatureExportConfig(TaskConfig):
+    """Write the backbone's features of every example (headstart.heads.features); nothing trains."""
+
+    _target_: str = "headstart.heads.features.FeatureExtractor"
+    optimizer: Any = None
+    # How text token states become one vector (image backbones have their own): mean, cls or last.
+    pooling: str = "mean"
+    # Which splits to write; null: all the data has.
+    splits: list[str] | None = None
+
+
+@dataclass
 class StageConfig:
     """One pipeline stage: an experiment plus overrides that apply to it alone, either a list of
     override strings (``["data=text_files", "data.train_files=[a.txt]"]``) or a nested dict
@@ -178,6 +190,10 @@ class PipelineConfig:
     finetune: StageConfig = field(default_factory=StageConfig)
     scratch_baseline: bool = True
     metric: str = "test/acc"
+    # Label efficiency: fine-tune (and train from scratch) once per label fraction and seed, and
+    # report the metric against the fraction (label_efficiency.csv / .png). null: one run each.
+    label_fractions: list[float] | None = None
+    seeds: list[int] | None = None
 
 
 @dataclass

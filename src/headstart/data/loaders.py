@@ -28,6 +28,14 @@ class SplitLoaders:
             pin_memory=torch.cuda.is_available(),
         )
 
+    def eval_loader(self, split: str) -> DataLoader:
+        """The examples of ``split`` in their order, in evaluation batches (no shuffling, none dropped)."""
+        return self._loader(split, train=False)
+
+    @property
+    def splits(self) -> list[str]:
+        return list(self.datasets or {})
+
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", train=True)
 

@@ -187,15 +187,6 @@ class TextDataModule(SplitLoaders, pl.LightningDataModule):
         self.collator = collator
 
 
-def label_subset(dataset, fraction: float, seed: int, minimum: int = 1):
-    """``fraction`` of the rows of a labelled training split (at least ``minimum``), drawn at random
-    with ``seed``: the few-label setting, the same rows for the same seed."""
-    if fraction >= 1.0:
-        return dataset
-    rows = dataset.shuffle(seed=seed)
-    return rows.select(range(min(len(rows), max(minimum, round(fraction * len(rows))))))
-
-
 def _hash(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:20]
 

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from headstart.data.text_base import TextDataModule, label_subset
+from headstart.data.subsets import label_subset
+from headstart.data.text_base import TextDataModule
 from headstart.errors import ConfigError, DataError
 
 
@@ -50,7 +51,7 @@ class TextClassificationDataModule(TextDataModule):
     def prepare(self, tokenizer_source: str | None = None) -> None:
         super().prepare(tokenizer_source)
         self.datasets["train"] = label_subset(self.datasets["train"], self.label_fraction, self.seed,
-                                              minimum=len(self.label_names))
+                                              stratify_by="labels")
 
     def task_kwargs(self):
         return {"num_labels": len(self.label_names), "label_names": list(self.label_names)}

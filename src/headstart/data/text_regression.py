@@ -10,7 +10,8 @@ from __future__ import annotations
 import math
 from numbers import Real
 
-from headstart.data.text_base import TextDataModule, label_subset
+from headstart.data.subsets import label_subset
+from headstart.data.text_base import TextDataModule
 from headstart.data.text_classification import TextClassificationDataModule
 from headstart.errors import DataError
 

@@ -17,7 +17,8 @@ import os
 import re
 
 from headstart.data import files
-from headstart.data.text_base import TextDataModule, label_subset
+from headstart.data.subsets import label_subset
+from headstart.data.text_base import TextDataModule
 from headstart.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset
 
 from headstart.data.loaders import SplitLoaders
+from headstart.data.subsets import label_subset_indices
 from headstart.errors import ConfigError, DataError, did_you_mean
 
 log = logging.getLogger(__name__)
@@ -326,10 +327,8 @@ class ImageDataModule(SplitLoaders, pl.LightningDataModule):
         # The statistics of all training images, before label_fraction: fewer labels, same images.
         self._processor = self._saved_processor(processor_source) or self._configured_processor(splits["train"])
         if self.label_fraction < 1.0:
-            train = splits["train"]
-            keep = max(len(self.label_names), round(self.label_fraction * len(train)))
-            order = torch.randperm(len(train), generator=torch.Generator().manual_seed(self.seed))
-            splits["train"] = train.subset(order[:keep])
+            keep = label_subset_indices(splits["train"].labels, self.label_fraction, self.seed)
+            splits["train"] = splits["train"].subset(torch.tensor(keep))
         self.datasets = {split: self._dataset(data) for split, data in splits.items()}
         log.info("Images: %s, %d classes, processor %s", {s: len(d) for s, d in self.datasets.items()},
                  len(self.label_names), self._processor)

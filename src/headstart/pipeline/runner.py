@@ -86,6 +86,8 @@ def compose_stage(config_name: str, overrides: list[str]) -> DictConfig:
 
 
 def run_pipeline(cfg: DictConfig) -> dict[str, Any]:
+    """Pretrain once, then fine-tune from the export and (the baseline) from scratch: once, or at each
+    of ``pipeline.label_fractions`` x ``pipeline.seeds`` with a label-efficiency report."""
     from hydra.core.hydra_config import HydraConfig
 
     hydra_cfg = HydraConfig.get()
@@ -93,32 +95,68 @@ def run_pipeline(cfg: DictConfig) -> dict[str, Any]:
     group = cfg.run_group or f"{cfg.task_name}-{out.name}"
     shared = shared_overrides(list(hydra_cfg.overrides.task))
     pipe = cfg.pipeline
-    finetune_overrides = flatten_overrides(_container(pipe.finetune.overrides))
-    stages = {
-        "pretrain": [f"experiment={pipe.pretrain.experiment}",
-                     *flatten_overrides(_container(pipe.pretrain.overrides))],
-        "finetune": [f"experiment={pipe.finetune.experiment}", *finetune_overrides,
-                     f"model.init_from={quote(str(out / 'pretrain'))}"],
-    }
+    pretrain_dir = quote(str(out / "pretrain"))
+    finetune_overrides = [f"experiment={pipe.finetune.experiment}",
+                          *flatten_overrides(_container(pipe.finetune.overrides)), f"model.init_from={pretrain_dir}"]
+    models = {"finetune": finetune_overrides}
     if pipe.scratch_baseline:
         # Same architecture and tokenizer as the fine-tuned model, random initial weights.
-        stages["scratch"] = [f"experiment={pipe.finetune.experiment}", *finetune_overrides,
-                             f"model.init_from={quote(str(out / 'pretrain'))}", "transfer=scratch"]
+        models["scratch"] = [*finetune_overrides, "transfer=scratch"]
 
-    results = {}
-    for name, overrides in stages.items():
+    def run(name: str, overrides: list[str], last: list[str] = ()) -> dict[str, Any]:
         stage_cfg = compose_stage(hydra_cfg.job.config_name, [
-            *overrides, *shared, f"paths.output_dir={quote(str(out / name))}",
-            f"run_group={quote(group)}", f"run_name={quote(group + '-' + name)}",
+            *overrides, *shared, *last, f"paths.output_dir={quote(str(out / name))}",
+            f"run_group={quote(group)}", f"run_name={quote(group + '-' + name.replace('/', '-'))}",
         ])
-        log.info("Pipeline stage %s: %s", name, " ".join(overrides))
-        results[name] = run_stage(stage_cfg)
+        log.info("Pipeline stage %s: %s", name, " ".join([*overrides, *last]))
+        return run_stage(stage_cfg)
 
+    fractions = _label_fractions(pipe.label_fractions)  # checked before anything trains
+    results = {"pretrain": run("pretrain", [f"experiment={pipe.pretrain.experiment}",
+                                            *flatten_overrides(_container(pipe.pretrain.overrides))])}
+    if fractions:
+        return _label_efficiency(cfg, run, models, fractions, results, out, group)
+    for name, overrides in models.items():
+        results[name] = run(name, overrides)
     summary = compare(results, pipe.metric)
     (out / "pipeline.json").write_text(json.dumps({"metric": pipe.metric, "stages": results, "comparison": summary},
                                                   indent=2))
     print_comparison(summary, pipe.metric, out)
     return {"metrics": {f"{stage}/{pipe.metric}": row["value"] for stage, row in summary.items()}, "stages": results}
+
+
+def _label_fractions(values) -> list[float]:
+    fractions = [float(f) for f in values or []]
+    bad = [f for f in fractions if not 0.0 < f <= 1.0]
+    if bad:
+        raise ConfigError(f"pipeline.label_fractions={fractions} has {bad}, outside (0, 1]: each is the share of the "
+                          "training labels a fine-tuning run keeps, e.g. [0.01,0.05,0.1,1.0].")
+    return fractions
+
+
+def _label_efficiency(cfg: DictConfig, run, models: dict[str, list[str]], fractions: list[float],
+                      results: dict[str, Any], out: Path, group: str) -> dict[str, Any]:
+    """Each model at each label fraction and seed (the last overrides, so they win over the command
+    line's), then the label-efficiency report."""
+    from headstart.pipeline import label_efficiency
+
+    pipe = cfg.pipeline
+    seeds = [int(s) for s in pipe.seeds] if pipe.seeds else [int(cfg.seed)]
+    runs = []
+    for fraction in fractions:
+        for seed in seeds:
+            for model, overrides in models.items():
+                name = f"{model}/labels{fraction:g}-seed{seed}"
+                results[name] = run(name, overrides, [f"data.label_fraction={fraction!r}", f"seed={seed}"])
+                metrics = compare({model: results[name]}, pipe.metric)[model]
+                runs.append({"label_fraction": fraction, "seed": seed, "model": model, "metric": pipe.metric,
+                             "value": metrics["value"], "output_dir": metrics["output_dir"]})
+    summary = label_efficiency.report(cfg, runs, pipe.metric, out, group)
+    (out / "pipeline.json").write_text(json.dumps({"metric": pipe.metric, "stages": results, "runs": runs,
+                                                   "label_efficiency": summary}, indent=2))
+    metrics = {f"{model}/{pipe.metric}@{row['label_fraction']:g}": row[f"{model}_mean"]
+               for row in summary for model in models}
+    return {"metrics": metrics, "stages": results, "label_efficiency": summary}
 
 
 def compare(results: dict[str, dict[str, Any]], metric: str) -> dict[str, dict[str, Any]]:

@@ -76,13 +76,17 @@ def run_stage(cfg: DictConfig) -> dict[str, Any]:
     for logger in loggers:
         logger.log_hyperparams(hparams)
 
+    extracted = None
     try:
-        trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
-        metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
-        if cfg.test_after_fit and datamodule.has_test and is_overridden("test_step", module):
-            best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
-            tested = trainer.test(module, datamodule=datamodule, ckpt_path=best or None, verbose=False)
-            metrics.update({k: float(v) for k, v in (tested[0] if tested else {}).items()})
+        if module.trains:
+            trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
+            metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
+            if cfg.test_after_fit and datamodule.has_test and is_overridden("test_step", module):
+                best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+                tested = trainer.test(module, datamodule=datamodule, ckpt_path=best or None, verbose=False)
+                metrics.update({k: float(v) for k, v in (tested[0] if tested else {}).items()})
+        else:
+            extracted, metrics = module.extract(trainer, datamodule, output_dir), {}
     finally:
         _finish_wandb()
 
@@ -99,6 +103,8 @@ def run_stage(cfg: DictConfig) -> dict[str, Any]:
         "metrics": metrics,
         "handoff": {k: len(v) for k, v in handoff.items() if isinstance(v, list)} if handoff else None,
     }
+    if extracted is not None:
+        results["features"] = extracted
     if trainer.is_global_zero:
         if cfg.export_backbone and module.exports_backbone:
             module.export(str(output_dir / "export"), datamodule.processor, {

@@ -1,0 +1,35 @@
+"""Training throughput for every logger: Lightning's ``ThroughputMonitor`` told how to count headstart
+batches. It logs ``train/device/samples_per_sec`` (examples) and ``train/device/items_per_sec``
+(tokens of text batches, not counting padding; images of image batches) over a sliding window of
+batches, with validation time left out. The module's ``flops_per_batch`` adds FLOPs per second and,
+on accelerators whose peak Lightning knows, model FLOPs utilisation (``train/device/mfu``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from lightning.pytorch.callbacks import ThroughputMonitor as _LightningThroughputMonitor
+
+
+def examples_in_batch(batch: dict[str, Any]) -> int:
+    """The number of examples (rows) of a batch: the first dimension of its input tensor."""
+    for key in ("input_ids", "pixel_values", "labels"):
+        if key in batch:
+            return int(batch[key].shape[0])
+    return int(next(iter(batch.values())).shape[0])
+
+
+def items_in_batch(batch: dict[str, Any]) -> int:
+    """Tokens of a text batch that are not padding, else the examples of the batch."""
+    mask = batch.get("attention_mask")
+    if mask is not None:
+        return int(mask.sum())
+    if "input_ids" in batch:
+        return int(batch["input_ids"].numel())
+    return examples_in_batch(batch)
+
+
+class ThroughputMonitor(_LightningThroughputMonitor):
+    def __init__(self, window_size: int = 20, **kwargs) -> None:
+        super().__init__(batch_size_fn=examples_in_batch, length_fn=items_in_batch, window_size=window_size, **kwargs)

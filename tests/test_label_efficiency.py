@@ -1,0 +1,98 @@
+"""The headline experiment: label-efficiency pipelines through train.py, their CSV, plot and W&B run;
+the stratified label subsets they rest on; and the plot's content."""
+
+from __future__ import annotations
+
+import csv
+import json
+import statistics
+
+import pytest
+import torch
+from conftest import assert_user_error, run_train
+
+from headstart.data.subsets import label_subset_indices, random_subset_indices
+from headstart.data.vision import ImageDataModule
+from headstart.pipeline import label_efficiency
+
+
+def test_label_subsets_are_stratified_seeded_and_keep_every_class():
+    labels = torch.tensor([0] * 500 + [1] * 300 + [2] * 200)
+    keep = label_subset_indices(labels, 0.1, seed=0)
+    assert torch.bincount(labels[keep]).tolist() == [50, 30, 20]
+    assert keep == sorted(keep) and keep == label_subset_indices(labels, 0.1, seed=0)
+    assert keep != label_subset_indices(labels, 0.1, seed=1)
+    # 1% of 200 rounds to 2, of a class of 3 to 0: every class keeps at least one example.
+    tiny = torch.tensor([0] * 200 + [1] * 3)
+    assert torch.bincount(tiny[label_subset_indices(tiny, 0.01, seed=0)]).tolist() == [2, 1]
+    assert label_subset_indices(labels, 1.0, seed=0) == list(range(1000))
+    assert len(random_subset_indices(10, 0.01, seed=0, minimum=2)) == 2
+
+
+def test_summary_and_plot_show_both_curves_with_labels_and_legend(tmp_path, monkeypatch):
+    runs = [{"label_fraction": f, "seed": s, "model": m, "metric": "test/acc", "value": v, "output_dir": "x"}
+            for f, m, values in ((0.05, "finetune", (0.7, 0.8)), (0.05, "scratch", (0.3, 0.5)),
+                                 (1.0, "finetune", (0.95, 0.97)), (1.0, "scratch", (0.96, 0.96)))
+            for s, v in enumerate(values)]
+    summary = label_efficiency.summarize(runs)
+    assert [r["label_fraction"] for r in summary] == [0.05, 1.0]
+    assert summary[0]["finetune_mean"] == pytest.approx(0.75) and summary[0]["scratch_mean"] == pytest.approx(0.4)
+    assert summary[0]["gain"] == pytest.approx(0.35) and summary[0]["scratch_std"] == pytest.approx(statistics.stdev([0.3, 0.5]))
+
+    import matplotlib.pyplot as plt
+
+    figures = []
+    monkeypatch.setattr(plt, "close", figures.append)  # keep the figure to look at it
+    label_efficiency.plot(summary, "test/acc", tmp_path / "plot.png")
+    assert (tmp_path / "plot.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    [ax] = figures[0].axes
+    assert ax.get_ylabel() == "test/acc" and "labelled" in ax.get_xlabel()
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["pretrained + fine-tuned", "from scratch"]
+    curves = [line for line in ax.get_lines() if line.get_marker() == "o"]  # not the error bars' caps
+    assert [list(line.get_ydata()) for line in curves] == [[0.75, 0.96], [pytest.approx(0.4), 0.96]]
+
+
+@pytest.mark.slow
+def test_label_efficiency_pipeline_runs_every_fraction_and_seed(tmp_path):
+    proc = run_train([
+        "experiment=label_efficiency", "logger=default", "model.arch.hidden_sizes=[16,32,64]",
+        'pipeline.pretrain.overrides=["trainer.max_epochs=2"]',
+        # 19 batches: one epoch of all the labels (the last, partial batch is dropped).
+        'pipeline.finetune.overrides=["trainer.max_steps=19","trainer.max_epochs=null"]',
+        "pipeline.label_fractions=[0.05,1.0]", "pipeline.seeds=[0,1]",
+    ], tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    [out] = tmp_path.glob("outputs/*/*/pipeline.json")
+    out = out.parent
+    with open(out / "label_efficiency.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 8
+    assert {(r["label_fraction"], r["seed"], r["model"]) for r in rows} == {
+        (f, s, m) for f in ("0.05", "1.0") for s in ("0", "1") for m in ("finetune", "scratch")}
+    for row in rows:  # each row is the test accuracy its own run reported, with that run's labels and seed
+        results = json.loads((out / row["model"] / f"labels{float(row['label_fraction']):g}-seed{row['seed']}"
+                              / "results.json").read_text())
+        assert float(row["value"]) == pytest.approx(results["metrics"]["test/acc"])
+        config = (out / row["model"] / f"labels{float(row['label_fraction']):g}-seed{row['seed']}" / "config.yaml").read_text()
+        assert f"label_fraction: {row['label_fraction']}" in config and f"seed: {row['seed']}" in config
+    # 5% of each class of the digits' 1257 training images: 6 of each of the 10 classes.
+    subset = ImageDataModule(builtin="digits", label_fraction=0.05, seed=0)
+    subset.prepare()
+    assert torch.bincount(subset.datasets["train"].labels).tolist() == [6] * 10
+    assert "Images: {'train': 60, 'validation': 270" in (out / "train.log").read_text()
+    assert (out / "label_efficiency.png").stat().st_size > 10_000
+    summary = json.loads((out / "pipeline.json").read_text())["label_efficiency"]
+    assert [r["label_fraction"] for r in summary] == [0.05, 1.0] and all(r["finetune_n"] == 2 for r in summary)
+    assert "What pretraining bought, by share of labels" in proc.stdout
+    # A W&B run of its own for the report, besides the pretrain run and the 8 downstream runs.
+    [report_run] = out.glob("wandb/offline-run-*")
+    media = report_run / "files" / "media"
+    assert len(list(media.glob("images/label_efficiency/plot_*.png"))) == 1
+    [table] = media.glob("table/label_efficiency/runs_*.table.json")
+    assert len(json.loads(table.read_text())["data"]) == 8
+
+
+def test_label_fractions_out_of_range_are_a_user_error(tmp_path):
+    proc = run_train(["experiment=label_efficiency", "logger=none", "pipeline.label_fractions=[0.1,1.5]",
+                      'pipeline.pretrain.overrides=["trainer.max_epochs=1"]'], tmp_path)
+    assert_user_error(proc, "pipeline.label_fractions", "1.5")
