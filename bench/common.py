@@ -35,8 +35,10 @@ def machine() -> dict:
     }
 
 
-def run_train(args: list[str], root: Path, timeout: int = 1800) -> tuple[Path, float]:
-    """Run ``python train.py`` with outputs under ``root``; return the run directory and the wall time."""
+def run_train(args: list[str], root: Path, timeout: int = 1800,
+              results_glob: str = "outputs/*/*/results.json") -> tuple[Path, float]:
+    """Run ``python train.py`` with outputs under ``root``; return the run directory (where
+    ``results_glob`` finds its results file) and the wall time."""
     root.mkdir(parents=True, exist_ok=True)
     cmd = [sys.executable, str(REPO / "train.py"), f"paths.root_dir={root}", *args]
     start = time.perf_counter()
@@ -45,7 +47,7 @@ def run_train(args: list[str], root: Path, timeout: int = 1800) -> tuple[Path, f
     wall = time.perf_counter() - start
     if proc.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} failed:\n{proc.stderr[-3000:]}")
-    [results] = root.glob("outputs/*/*/results.json")
+    [results] = root.glob(results_glob)
     return results.parent, wall
 
 

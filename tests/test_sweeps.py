@@ -133,3 +133,57 @@ def test_multirun_with_relaunching_ddp_is_refused(tmp_path, corpus_dir):
                       "trainer.devices=2", "logger=csv", "seed=1,2"], tmp_path)
     assert_user_error(proc, "ddp_spawn", "multirun")
     assert not list(tmp_path.glob("outputs/multirun/*/*/*/checkpoints"))
+
+
+def test_slurm_launcher_config_composes_with_the_ddp_layout():
+    """hydra/launcher=slurm: Hydra's submitit SLURM launcher, one task and GPU per device on each of
+    trainer.num_nodes nodes."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    from headstart.config import register_configs
+
+    register_configs()
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        cfg = compose("train", overrides=["hydra/launcher=slurm", "experiment=text_mlm", "trainer=ddp",
+                                          "trainer.devices=4", "trainer.num_nodes=2",
+                                          "hydra.launcher.partition=gpu"], return_hydra_config=True)
+    GlobalHydra.instance().clear()
+    launcher = cfg.hydra.launcher
+    assert launcher._target_ == "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher"
+    assert (launcher.tasks_per_node, launcher.gpus_per_node, launcher.nodes) == (4, 4, 2)
+    assert launcher.partition == "gpu" and launcher.timeout_min == 240
+
+
+def test_ranks_launched_by_slurm_are_not_refused_in_a_multirun(monkeypatch):
+    """Under SLURM (several tasks) nothing re-runs train.py, so ddp inside a multirun job is safe."""
+    from omegaconf import OmegaConf
+
+    from headstart.errors import ConfigError
+    from headstart.pipeline.guards import check_launch
+
+    cfg = OmegaConf.create({"trainer": {"strategy": "ddp", "devices": 2, "accelerator": "cpu"}})
+    for var in ("SLURM_NTASKS", "LOCAL_RANK", "TORCHELASTIC_RUN_ID"):
+        monkeypatch.delenv(var, raising=False)
+    with pytest.raises(ConfigError, match="ddp_spawn"):
+        check_launch(cfg, multirun=True)
+    monkeypatch.setenv("SLURM_NTASKS", "2")
+    check_launch(cfg, multirun=True)
+
+
+@pytest.mark.slow
+def test_multirun_with_ddp_spawn_trains_each_job_on_two_processes(tmp_path):
+    """What the refusal above points to: ddp_spawn starts each job's processes inside that job."""
+    proc = run_train(["-m", "experiment=vision_dae", "model.arch.hidden_sizes=[8,16]", "trainer=ddp",
+                      "trainer.strategy=ddp_spawn", "trainer.accelerator=cpu", "trainer.devices=2",
+                      "trainer.max_epochs=1", "logger=default", "seed=1,2"], tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    jobs = sorted(tmp_path.glob("outputs/multirun/*/*/*/results.json"))
+    assert len(jobs) == 2
+    for seed, results_file in zip((1, 2), jobs, strict=True):
+        results = json.loads(results_file.read_text())
+        config = yaml.safe_load((results_file.parent / "config.yaml").read_text())
+        assert results["world_size"] == 2 and results["completed"] and config["seed"] == seed
+        assert "test/loss" in results["metrics"]  # fit and test both ran in the spawned processes
+        assert len(list((results_file.parent / "wandb").glob("offline-run-*"))) == 1

@@ -103,3 +103,22 @@ def test_netrc_for_another_host_is_no_key(clean_env, monkeypatch):
     netrc_file.write_text("machine example.com\n  login user\n  password secret\n")
     netrc_file.chmod(0o600)
     assert resolve_wandb_mode("auto") == "offline"
+
+
+@pytest.mark.slow
+def test_checkpoint_records_the_wandb_run_and_resume_continues_it(tmp_path):
+    import torch
+    from conftest import run_train
+
+    common = ["experiment=vision_dae", "logger=default", "model.arch.hidden_sizes=[8,16]"]
+    proc = run_train([*common, "trainer.max_epochs=1"], tmp_path / "first")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    [first_run] = (tmp_path / "first").glob("outputs/*/*/wandb/offline-run-*")
+    run_id = first_run.name.rsplit("-", 1)[-1]
+    [last] = (tmp_path / "first").glob("outputs/*/*/checkpoints/last.ckpt")
+    assert torch.load(last, map_location="cpu", weights_only=True)["wandb_run_id"] == run_id
+
+    proc = run_train([*common, "trainer.max_epochs=2", f"ckpt_path={last}"], tmp_path / "resumed")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    [resumed_run] = (tmp_path / "resumed").glob("outputs/*/*/wandb/offline-run-*")
+    assert resumed_run.name.rsplit("-", 1)[-1] == run_id  # the same W&B run, continued

@@ -108,6 +108,13 @@ class HeadstartModule(pl.LightningModule):
             torch.manual_seed(seed)
             yield
 
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        from headstart.tracking.wandb import attached_run_id
+
+        run_id = attached_run_id(self.loggers)
+        if run_id:  # a run resumed from this checkpoint logs to the same W&B run
+            checkpoint["wandb_run_id"] = run_id
+
     # -- export -------------------------------------------------------------------------------
     def export(self, directory: str, processor, metadata: dict[str, Any]) -> None:
         """Write the network as an HF model directory (loads with ``AutoModel.from_pretrained``),

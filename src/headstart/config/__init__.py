@@ -32,6 +32,8 @@ _SCHEMAS = {
     ("schema/data", "text_regression"): schema.TextRegressionDataConfig,
     ("schema/task", "token_classification"): schema.TokenClassificationConfig,
     ("schema/task", "regression"): schema.RegressionConfig,
+    ("schema/data", "question_answering"): schema.QuestionAnsweringDataConfig,
+    ("schema/task", "question_answering"): schema.QuestionAnsweringConfig,
 }
 
 

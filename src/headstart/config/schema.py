@@ -428,3 +428,30 @@ class RegressionConfig(HeadConfig):
     standardize_targets: bool = True
     monitor: str = "val/mse"
     monitor_mode: str = "min"
+
+
+# -- extractive question answering --
+@dataclass
+class QuestionAnsweringDataConfig(TextDataConfig):
+    """SQuAD-style rows: a context, a question and the answer's text and character offset."""
+
+    _target_: str = "headstart.data.question_answering.QuestionAnsweringDataModule"
+    context_column: str = "context"
+    question_column: str = "question"
+    # SQuAD's {"text": [...], "answer_start": [...]}; without it, the flat pair of columns below.
+    answers_column: str = "answers"
+    answer_text_column: str = "answer_text"
+    answer_start_column: str = "answer_start"
+    # Context tokens that neighbouring windows of a long context share.
+    doc_stride: int = 32
+    label_fraction: float = 1.0
+
+
+@dataclass
+class QuestionAnsweringConfig(HeadConfig):
+    _target_: str = "headstart.heads.question_answering.QuestionAnswering"
+    # Evaluation's answer search: the longest answer in tokens, and how many top start/end tokens of
+    # each window are paired into candidates.
+    max_answer_length: int = 30
+    n_best: int = 20
+    monitor: str = "val/f1"

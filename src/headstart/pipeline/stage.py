@@ -26,10 +26,40 @@ def _instantiate_group(node: DictConfig | None) -> list[Any]:
     return [instantiate(conf) for conf in node.values() if isinstance(conf, DictConfig) and "_target_" in conf]
 
 
+def _instantiate_loggers(node: DictConfig | None, ckpt_path: str | None) -> list[Any]:
+    """The loggers; resuming from a checkpoint that recorded a W&B run continues that run."""
+    from headstart.tracking.wandb import checkpoint_run_id
+
+    run_id = checkpoint_run_id(ckpt_path) if ckpt_path else None
+    loggers = []
+    for conf in (node or {}).values():
+        if isinstance(conf, DictConfig) and "_target_" in conf:
+            resume = {"id": run_id, "resume": "allow"} if run_id and "wandb" in conf._target_ else {}
+            loggers.append(instantiate(conf, **resume))
+    return loggers
+
+
 def _finish_wandb() -> None:
     """Close the W&B run so the next stage or multirun job starts its own."""
     if "wandb" in sys.modules and sys.modules["wandb"].run is not None:
         sys.modules["wandb"].finish()
+
+
+def _adopt_csv_columns(loggers: list[Any]) -> None:
+    """Under ddp_spawn the fit ran in child processes, so this process's CSV logger has not seen the
+    columns they wrote to metrics.csv; Lightning would then rewrite the file with its own, shorter
+    header when the test metrics come, and fail. Take the columns over from the file."""
+    import csv
+
+    from lightning.pytorch.loggers import CSVLogger
+
+    for logger in loggers:
+        if isinstance(logger, CSVLogger) and Path(logger.experiment.metrics_file_path).is_file():
+            with open(logger.experiment.metrics_file_path, newline="") as f:
+                header = next(csv.reader(f), [])
+            keys = logger.experiment.metrics_keys
+            keys.extend(k for k in header if k not in keys)
+            keys.sort()
 
 
 def run_stage(cfg: DictConfig) -> dict[str, Any]:
@@ -42,7 +72,7 @@ def run_stage(cfg: DictConfig) -> dict[str, Any]:
     pl.seed_everything(cfg.seed, workers=True)
 
     # Trainer first: a bad trainer/logger/callback setting fails before any data is tokenized.
-    loggers = _instantiate_group(cfg.logger)
+    loggers = _instantiate_loggers(cfg.logger, cfg.ckpt_path)
     cfg_hash = config_hash(cfg)
     agreement = RankAgreement(cfg_hash)
     trainer = instantiate(cfg.trainer, logger=loggers or False,
@@ -82,6 +112,7 @@ def run_stage(cfg: DictConfig) -> dict[str, Any]:
             trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
             metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
             if cfg.test_after_fit and datamodule.has_test and is_overridden("test_step", module):
+                _adopt_csv_columns(loggers)
                 best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
                 tested = trainer.test(module, datamodule=datamodule, ckpt_path=best or None, verbose=False)
                 metrics.update({k: float(v) for k, v in (tested[0] if tested else {}).items()})
