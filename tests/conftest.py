@@ -94,3 +94,26 @@ def assert_user_error(proc: subprocess.CompletedProcess, *fragments: str) -> Non
     assert "Traceback" not in err and "Traceback" not in proc.stdout, err[-3000:]
     for fragment in fragments:
         assert fragment in err, f"{fragment!r} not in stderr:\n{err[-3000:]}"
+
+
+def make_mlm_export(texts: list[str], arch: dict, directory: Path) -> Path:
+    """An MLM export in ``directory`` (weights moved off their init, so a hand-off is visible) with a
+    WordPiece tokenizer trained on ``texts``: a pretrained backbone for hand-off tests, in seconds."""
+    import functools
+
+    import torch
+
+    from headstart.backbones.text import TextBackboneSpec
+    from headstart.data.tokenizer import train_tokenizer
+    from headstart.objectives.masked_lm import MaskedLanguageModeling
+
+    tokenizer = train_tokenizer(iter([texts]), "wordpiece", 200, True, 64)
+    spec = TextBackboneSpec(arch=arch)
+    spec.bind_tokenizer(tokenizer)
+    torch.manual_seed(0)
+    module = MaskedLanguageModeling(spec, optimizer=functools.partial(torch.optim.AdamW, lr=1e-3))
+    with torch.no_grad():
+        for param in module.net.parameters():
+            param.add_(torch.randn_like(param) * 0.01)
+    module.export(str(directory), tokenizer, {"source_run": "mlm-run", "config_hash": "feed", "completed": True})
+    return directory

@@ -4,7 +4,6 @@ heads end to end through train.py on test-made data, with the user errors their 
 
 from __future__ import annotations
 
-import functools
 import json
 import random
 import statistics
@@ -13,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import TINY_MODEL, TOPICS, assert_user_error, run_train
+from conftest import TINY_MODEL, TOPICS, assert_user_error, make_mlm_export, run_train
 
 from headstart.heads.span_f1 import SpanF1, entity_spans
 
@@ -192,22 +191,8 @@ def ner_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def mlm_export(ner_dir, tmp_path_factory) -> Path:
     """An MLM export (weights moved off their init) with a tokenizer trained on the tagged text."""
-    from headstart.backbones.text import TextBackboneSpec
-    from headstart.data.tokenizer import train_tokenizer
-    from headstart.objectives.masked_lm import MaskedLanguageModeling
-
     texts = [" ".join(json.loads(line)["tokens"]) for line in (ner_dir / "train.jsonl").read_text().splitlines()]
-    tokenizer = train_tokenizer(iter([texts]), "wordpiece", 200, True, 64)
-    spec = TextBackboneSpec(arch=TINY_BERT)
-    spec.bind_tokenizer(tokenizer)
-    torch.manual_seed(0)
-    module = MaskedLanguageModeling(spec, optimizer=functools.partial(torch.optim.AdamW, lr=1e-3))
-    with torch.no_grad():
-        for param in module.net.parameters():
-            param.add_(torch.randn_like(param) * 0.01)
-    export_dir = tmp_path_factory.mktemp("mlm") / "export"
-    module.export(str(export_dir), tokenizer, {"source_run": "mlm-run", "config_hash": "feed", "completed": True})
-    return export_dir
+    return make_mlm_export(texts, TINY_BERT, tmp_path_factory.mktemp("mlm") / "export")
 
 
 @pytest.mark.parametrize("label_all_tokens", [False, True])

@@ -23,7 +23,6 @@ with no post-processing pass over the whole split.
 from __future__ import annotations
 
 import logging
-import os
 from typing import Any
 
 import torch
@@ -147,26 +146,7 @@ class QuestionAnsweringDataModule(TextDataModule):
         return out
 
     def _load_raw(self, split_files: dict[str, list[str]]):
-        import datasets
-
-        datasets.disable_progress_bars()
-        cache_dir = os.path.join(self.cache_dir, "hf_datasets")
-        splits = {}
-        for split, paths in split_files.items():
-            builder = files.check_files(split, paths)
-            if builder == "text":
-                raise DataError(
-                    f"data.{split}_files: {paths} are plain text, which holds no questions or answers. Question "
-                    "answering reads .jsonl, .parquet or .csv rows with a context, a question and the answer's span."
-                )
-            rows: dict[str, list] = {}
-            for path in paths:
-                for key, values in self._read_file(split, path, builder, cache_dir).items():
-                    rows.setdefault(key, []).extend(values)
-            if not rows["context"]:
-                raise DataError(f"data.{split}_files: {paths} hold no rows. Point the config at question-answer data.")
-            splits[split] = datasets.Dataset.from_dict(rows)
-        return datasets.DatasetDict(splits)
+        return self._load_rows(split_files, self._read_file, "a context, a question and the answer's span")
 
     # -- preparation ----------------------------------------------------------------------------
     def _check_tokenizer(self, source: str | None) -> None:

@@ -19,7 +19,7 @@ import lightning.pytorch as pl
 from headstart.data import builtin, files
 from headstart.data.loaders import SplitLoaders
 from headstart.data.tokenizer import load_tokenizer, tokenizer_fingerprint, train_tokenizer
-from headstart.errors import ConfigError
+from headstart.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
 
@@ -148,6 +148,29 @@ class TextDataModule(SplitLoaders, pl.LightningDataModule):
         """The raw splits, a DatasetDict with a ``text`` column (what the tokenizer is trained on)."""
         return files.load_files(split_files, self.text_column, os.path.join(self.cache_dir, "hf_datasets"),
                                 self.required_columns)
+
+    def _load_rows(self, split_files: dict[str, list[str]], read_file, holds: str):
+        """Splits of structured rows (data that is not one text a row): each file's rows read and checked
+        by ``read_file(split, path, builder, cache_dir) -> {column: values}``, which gives a ``text``
+        column for the tokenizer. ``holds`` says what the rows hold, for the errors."""
+        import datasets
+
+        datasets.disable_progress_bars()
+        cache_dir = os.path.join(self.cache_dir, "hf_datasets")
+        splits = {}
+        for split, paths in split_files.items():
+            builder = files.check_files(split, paths)
+            if builder == "text":
+                raise DataError(f"data.{split}_files: {paths} are plain text, which holds no {holds}. This task reads "
+                                f".jsonl, .parquet or .csv rows with {holds}.")
+            rows: dict[str, list] = {}
+            for path in paths:
+                for key, values in read_file(split, path, builder, cache_dir).items():
+                    rows.setdefault(key, []).extend(values)
+            if not rows.get("text"):
+                raise DataError(f"data.{split}_files: {paths} hold no rows with {holds}. Point the config at such data.")
+            splits[split] = datasets.Dataset.from_dict(rows)
+        return datasets.DatasetDict(splits)
 
     def _check_raw(self, raw) -> None:
         """Hook for checks on the raw splits (labels, sizes)."""

@@ -13,7 +13,6 @@ one string of text a row; the rest (tokenizer, cache, loaders) is the shared ``T
 from __future__ import annotations
 
 import logging
-import os
 import re
 
 from headstart.data import files
@@ -87,26 +86,7 @@ class TokenClassificationDataModule(TextDataModule):
         )
 
     def _load_raw(self, split_files: dict[str, list[str]]):
-        import datasets
-
-        datasets.disable_progress_bars()
-        cache_dir = os.path.join(self.cache_dir, "hf_datasets")
-        splits = {}
-        for split, paths in split_files.items():
-            builder = files.check_files(split, paths)
-            if builder == "text":
-                raise DataError(
-                    f"data.{split}_files: {paths} are plain text, which holds no tags. Token classification reads "
-                    ".jsonl, .parquet or .csv rows with a list of words and a list of tags."
-                )
-            rows: dict[str, list] = {"tokens": [], "tags": [], "text": []}
-            for path in paths:
-                for key, values in self._read_file(split, path, builder, cache_dir).items():
-                    rows[key].extend(values)
-            if not rows["tokens"]:
-                raise DataError(f"data.{split}_files: {paths} hold no rows with words. Point the config at tagged data.")
-            splits[split] = datasets.Dataset.from_dict(rows)
-        return datasets.DatasetDict(splits)
+        return self._load_rows(split_files, self._read_file, "a list of words and a list of their tags")
 
     def _check_raw(self, raw) -> None:
         """Label names from the training split, ``O`` first then sorted; other splits may not add tags."""

@@ -112,7 +112,8 @@ def run_stage(cfg: DictConfig) -> dict[str, Any]:
             trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
             metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
             if cfg.test_after_fit and datamodule.has_test and is_overridden("test_step", module):
-                _adopt_csv_columns(loggers)
+                if trainer.is_global_zero:  # the CSV logger writes on rank 0 only
+                    _adopt_csv_columns(loggers)
                 best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
                 tested = trainer.test(module, datamodule=datamodule, ckpt_path=best or None, verbose=False)
                 metrics.update({k: float(v) for k, v in (tested[0] if tested else {}).items()})
