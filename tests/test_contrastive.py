@@ -12,9 +12,9 @@ import torch.nn.functional as F
 from gloo_workers import contrastive_losses_and_grads, contrastive_problem, contrastive_rank, free_port
 
 from headstart.data.augment import ImageAugment, TwoViews, apply_affine, random_affine_theta, random_erasing
-from headstart.objectives.image_pretraining import knn_accuracy
 from headstart.objectives.losses import info_nce, nt_xent
 from headstart.objectives.moco import queue_contrastive_loss
+from headstart.objectives.online_evaluation import knn_accuracy
 
 TEMPERATURE = 0.3
 

@@ -151,6 +151,23 @@ def test_simcse_export_is_the_bare_encoder_and_hands_off(simcse_run):
     assert report["ignored"] == []  # nothing but the encoder was exported
 
 
+def test_simcse_on_labelled_text_evaluates_its_embeddings_online(tmp_path, corpus_dir, shared_cache):
+    """With labelled text, the labels feed the detached online probe and the kNN monitor (3 topics:
+    chance is 1/3), and the objective trains as before."""
+    run_dir = _pretrain(tmp_path, shared_cache, [
+        "experiment=text_simcse_labelled", "data=text_classification_files", f"data.train_files=[{corpus_dir / 'cls_train.jsonl'}]",
+        f"data.val_files=[{corpus_dir / 'cls_val.jsonl'}]", f"data.test_files=[{corpus_dir / 'cls_test.jsonl'}]",
+        *TINY_MODEL, "data.vocab_size=300", "data.max_length=32", "data.batch_size=32", "trainer.max_epochs=3",
+        "task.optimizer.lr=3e-3",
+    ])
+    probe, knn = _series(run_dir, "val/probe_acc"), _series(run_dir, "val/knn_acc")
+    results = json.loads((run_dir / "results.json").read_text())["metrics"]
+    print(f"SimCSE on labelled text: val/probe_acc {probe}, val/knn_acc {knn}, test {results.get('test/probe_acc')}")
+    assert len(probe) == 3 and probe[-1] > 0.6 and knn[-1] > 0.6
+    assert results["test/probe_acc"] > 0.6 and results["test/knn_acc"] > 0.6
+    assert _series(run_dir, "val/loss")[-1] < _series(run_dir, "train/loss_step")[0] - 1.0
+
+
 # -- masked LM + next-sentence prediction ----------------------------------------------------------
 def write_documents(path: Path, n_docs: int, seed: int, n_words: int = 8) -> Path:
     """A line a sentence, documents of 3-6 lines; a document keeps to four words of one topic, so

@@ -262,7 +262,20 @@ class CausalLMConfig(TaskConfig):
 
 
 @dataclass
-class SimCSEConfig(TaskConfig):
+class OnlineEvaluationConfig(TaskConfig):
+    """Fields of the objectives that evaluate their features online when the data has labels (the
+    image objectives, SimCSE): see headstart.objectives.online_evaluation."""
+
+    # Neighbours of the kNN accuracy of the validation features (val/knn_acc); 0 switches it off.
+    knn_k: int = 20
+    # A linear classifier on detached backbone features, trained alongside (val/probe_acc), at
+    # online_probe_lr_scale times the objective's learning rate.
+    online_probe: bool = True
+    online_probe_lr_scale: float = 10.0
+
+
+@dataclass
+class SimCSEConfig(OnlineEvaluationConfig):
     _target_: str = "headstart.objectives.simcse.SimCSE"
     temperature: float = 0.05
     pooling: str = "mean"
@@ -325,16 +338,8 @@ class ImageAugmentConfig:
 
 
 @dataclass
-class ImagePretrainingConfig(TaskConfig):
-    """Fields shared by every image pretraining objective: its online evaluation, which uses the
-    data's labels and nothing else (see headstart.objectives.image_pretraining)."""
-
-    # Neighbours of the kNN accuracy of the validation features (val/knn_acc); 0 switches it off.
-    knn_k: int = 20
-    # A linear classifier on detached backbone features, trained alongside (val/probe_acc), at
-    # online_probe_lr_scale times the objective's learning rate.
-    online_probe: bool = True
-    online_probe_lr_scale: float = 10.0
+class ImagePretrainingConfig(OnlineEvaluationConfig):
+    """Fields shared by every image pretraining objective."""
 
 
 @dataclass

@@ -1,6 +1,9 @@
 """Unsupervised SimCSE (Gao et al., 2021): each text is encoded twice with dropout on, and each of
 the two embeddings must pick the other among the batch's texts (InfoNCE, in-batch negatives).
-Dropout is the only augmentation, so any text data module works (``data.packing=lines``)."""
+Dropout is the only augmentation, so any text data module works (``data.packing=lines``). On
+labelled text (e.g. ``data=pydoc_topics_cls``) the labels feed the online evaluation alone (a
+detached linear probe and a kNN monitor of the pooled encoder output, ``val/probe_acc`` and
+``val/knn_acc``; :mod:`headstart.objectives.online_evaluation`)."""
 
 from __future__ import annotations
 
@@ -14,14 +17,17 @@ from headstart.errors import ConfigError
 from headstart.module import HeadstartModule
 from headstart.objectives.embedding_metrics import alignment, top1_retrieval_accuracy, uniformity
 from headstart.objectives.losses import info_nce
+from headstart.objectives.online_evaluation import OnlineEvaluation
 
 
-class SimCSE(HeadstartModule):
+class SimCSE(OnlineEvaluation, HeadstartModule):
     hf_head = "base"  # the export is the bare encoder; the projection is not part of it
     exports_backbone = True
 
     def __init__(self, backbone, optimizer, scheduler=None, temperature: float = 0.05, pooling: str = "mean",
-                 projection: bool = True, gather_negatives: bool = True, **kwargs) -> None:
+                 projection: bool = True, gather_negatives: bool = True, knn_k: int = 20, online_probe: bool = True,
+                 online_probe_lr_scale: float = 10.0, num_labels: int | None = None,
+                 label_names: list[str] | None = None, **kwargs) -> None:
         check_pooling(pooling)
         if temperature <= 0:
             raise ConfigError(f"task.temperature={temperature} must be positive (SimCSE uses 0.05).")
@@ -32,17 +38,29 @@ class SimCSE(HeadstartModule):
         hidden = backbone.hidden_size
         # SimCSE's MLP over the pooled vector, for the contrastive loss only (as its "mlp_only_train").
         self.projection = nn.Sequential(nn.Linear(hidden, hidden), nn.Tanh()) if projection else nn.Identity()
+        self.init_online_evaluation(hidden, num_labels, knn_k, online_probe, online_probe_lr_scale)
+
+    @staticmethod
+    def _inputs(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "token_type_ids") if k in batch}
+        inputs.setdefault("attention_mask", torch.ones_like(inputs["input_ids"]))
+        return inputs
+
+    def embed(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The pooled encoder output of every text (what a hand-off reads)."""
+        inputs = self._inputs(batch)
+        return pool(self.net(**inputs).last_hidden_state, inputs["attention_mask"], self.pooling)
 
     def embed_twice(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """The pooled encoder output of two views of every text: the batch goes through the encoder
         doubled, in one pass, so that each copy gets its own dropout masks."""
-        inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "token_type_ids") if k in batch}
-        inputs.setdefault("attention_mask", torch.ones_like(inputs["input_ids"]))
+        inputs = self._inputs(batch)
         doubled = {k: torch.cat([v, v]) for k, v in inputs.items()}
         hidden = self.net(**doubled).last_hidden_state
         return pool(hidden, doubled["attention_mask"], self.pooling).chunk(2)
 
-    def _step(self, split: str, batch) -> torch.Tensor:
+    def _step(self, split: str, batch) -> tuple[torch.Tensor, torch.Tensor]:
+        """The loss of a batch, and the pooled output of its first view."""
         view1, view2 = self.embed_twice(batch)
         z1, z2 = self.projection(view1), self.projection(view2)
         loss = info_nce(z1, z2, self.temperature, gather=self.gather_negatives)
@@ -51,16 +69,29 @@ class SimCSE(HeadstartModule):
         if split != "train" and size > 1:  # diagnostics of the pooled output (what a hand-off reads)
             self.log_split(split, {"alignment": alignment(view1, view2), "uniformity": uniformity(view1)},
                            batch_size=size)
-        return loss
+        return loss, view1
 
     def training_step(self, batch, batch_idx):
-        return self._step("train", batch)
+        loss, features = self._step("train", batch)
+        probe_loss = self.online_probe_loss(features, batch)
+        if probe_loss is None:
+            return loss
+        self.log_split("train", {"probe_loss": probe_loss}, batch_size=features.size(0))
+        return loss + probe_loss
 
-    def validation_step(self, batch, batch_idx):
+    def _eval_step(self, split: str, batch, batch_idx: int) -> None:
         # Dropout is the augmentation: without it both views are the same and the loss says nothing.
         # Fixed dropout masks per batch make the validation loss comparable from epoch to epoch.
         with dropout_on(self.net), self.seeded(batch_idx):
-            self._step("val", batch)
+            self._step(split, batch)
+        if self.evaluates_online:  # the features a downstream model gets: dropout off
+            self.update_online_evaluation(split, self.embed(batch), batch)
+
+    def validation_step(self, batch, batch_idx):
+        self._eval_step("val", batch, batch_idx)
+
+    def test_step(self, batch, batch_idx):
+        self._eval_step("test", batch, batch_idx)
 
 
 @contextmanager
