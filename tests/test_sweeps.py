@@ -187,3 +187,16 @@ def test_multirun_with_ddp_spawn_trains_each_job_on_two_processes(tmp_path):
         assert results["world_size"] == 2 and results["completed"] and config["seed"] == seed
         assert "test/loss" in results["metrics"]  # fit and test both ran in the spawned processes
         assert len(list((results_file.parent / "wandb").glob("offline-run-*"))) == 1
+
+
+@pytest.mark.slow
+def test_optuna_tunes_the_simclr_temperature_by_knn_accuracy(tmp_path):
+    proc = run_train(["-m", "experiment=vision_simclr", "hparams_search=simclr_optuna", "hydra.sweeper.n_trials=2",
+                      "hydra.sweeper.sampler.n_startup_trials=2", "trainer.max_epochs=1",
+                      "model.arch.hidden_sizes=[8,16]", "logger=csv"], tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    [summary] = tmp_path.glob("outputs/multirun/*/*/optimization_results.yaml")
+    best = yaml.safe_load(summary.read_text())
+    assert "task.temperature" in best["best_params"]
+    trials = [json.loads(p.read_text())["metrics"]["val/knn_acc"] for p in summary.parent.glob("*/results.json")]
+    assert len(trials) == 2 and best["best_value"] == pytest.approx(max(trials))  # maximised
