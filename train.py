@@ -17,8 +17,12 @@ def main(cfg: DictConfig) -> float | None:
 
 if __name__ == "__main__":
     import sys
+    from pathlib import Path
 
-    from headstart.cli import normalize_argv
+    from headstart.cli import normalize_argv, print_help, wants_help
 
     sys.argv = normalize_argv(sys.argv)
+    if wants_help(sys.argv):  # headstart's help: Hydra's takes seconds to list the groups
+        print_help(Path(__file__).parent / "conf", sys.argv)
+        sys.exit(0)
     main()

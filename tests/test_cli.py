@@ -34,6 +34,18 @@ def test_help_is_fast_and_lists_groups():
         capture_output=True, text=True, cwd=REPO).stderr.split()
 
 
+def test_help_shows_the_config_its_overrides_compose():
+    proc = subprocess.run([sys.executable, str(TRAIN), "experiment=vision_simclr", "task.temperature=0.3", "--help"],
+                          capture_output=True, text=True, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr
+    assert "_target_: headstart.objectives.simclr.SimCLR" in proc.stdout and "temperature: 0.3" in proc.stdout
+    assert "schema/" not in proc.stdout  # the structured schemas are no choice for the user
+    assert "Examples:" in proc.stdout
+    bad = subprocess.run([sys.executable, str(TRAIN), "trainer.max_epoch=3", "--help"], capture_output=True,
+                         text=True, cwd=REPO)
+    assert_user_error(bad, "trainer.max_epoch")
+
+
 def test_cfg_job_prints_the_composed_config():
     proc = subprocess.run([sys.executable, str(TRAIN), "--cfg", "job", "trainer.max_epochs=3"],
                           capture_output=True, text=True, cwd=REPO)

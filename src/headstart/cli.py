@@ -111,3 +111,38 @@ def run(cfg: DictConfig) -> float | None:
                 "Set optimized_metric to one of those."
             )
         return results["metrics"][metric]
+
+
+def wants_help(argv: list[str]) -> bool:
+    return any(a in ("--help", "-h") for a in argv[1:])
+
+
+def print_help(config_dir: Path, argv: list[str]) -> None:
+    """``python train.py [overrides] --help``: the template of ``conf/hydra/help/headstart.yaml`` filled
+    in with the config groups found in ``config_dir`` and the config the overrides compose. Hydra's
+    own help would rebuild its config repository once per group (seconds, with headstart's many
+    structured schemas) and list the internal ``schema/*`` groups too."""
+    import yaml
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    from headstart.config import register_configs
+
+    register_configs()
+    groups = {}
+    for path in sorted(config_dir.rglob("*.yaml")):
+        group = path.parent.relative_to(config_dir).as_posix()
+        if group != "." and not group.startswith("hydra"):
+            groups.setdefault(group, []).append(path.stem)
+    group_lines = "\n".join(f"{group}: {', '.join(sorted(options))}" for group, options in sorted(groups.items()))
+    overrides = [a for a in argv[1:] if a not in ("--help", "-h")]
+    with user_errors_reported(), initialize_config_dir(config_dir=str(config_dir), version_base="1.3"):
+        try:
+            cfg = compose(config_name="train", overrides=overrides)
+        except Exception as err:  # noqa: BLE001 - a bad override: say which, as a run would
+            _fail(ConfigError(f"{str(err).splitlines()[0]} Check the override against the groups and keys of "
+                              "`python train.py --help` alone."))
+    help_cfg = yaml.safe_load((config_dir / "hydra" / "help" / "headstart.yaml").read_text())
+    template = help_cfg["template"].replace("${hydra.help.header}", help_cfg["header"]).replace(
+        "${hydra.help.footer}", help_cfg["footer"])
+    print(template.replace("$APP_CONFIG_GROUPS", group_lines + "\n").replace("$CONFIG", OmegaConf.to_yaml(cfg)))
