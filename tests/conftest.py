@@ -87,6 +87,20 @@ def run_train(args: list[str], root: Path, cache: Path | None = None, timeout: i
     return subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True, timeout=timeout)
 
 
+def only_run_dir(root: Path) -> Path:
+    """The run directory of the one stage run under ``root``."""
+    [results] = root.glob("outputs/*/*/results.json")
+    return results.parent
+
+
+def logged(run_dir: Path, name: str) -> list[float]:
+    """Every value the CSV logger wrote under ``name``, in order."""
+    import csv
+
+    with open(run_dir / "csv" / "metrics.csv") as f:
+        return [float(row[name]) for row in csv.DictReader(f) if row.get(name)]
+
+
 def assert_user_error(proc: subprocess.CompletedProcess, *fragments: str) -> None:
     """A user mistake: non-zero exit, a message with each fragment, and no traceback."""
     err = proc.stderr

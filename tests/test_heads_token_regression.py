@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import TINY_MODEL, TOPICS, assert_user_error, make_mlm_export, run_train
+from conftest import TINY_MODEL, TOPICS, assert_user_error, make_mlm_export, only_run_dir, run_train
 
 from headstart.heads.span_f1 import SpanF1, entity_spans
 
@@ -61,11 +61,6 @@ def write_counts(path: Path, n_rows: int, seed: int) -> Path:
         rows.append({"text": " ".join(words), "label": sum(w in TOPICS["animals"] for w in words)})
     path.write_text("".join(json.dumps(row) + "\n" for row in rows))
     return path
-
-
-def _only_run_dir(root: Path) -> Path:
-    [results] = root.glob("outputs/*/*/results.json")
-    return results.parent
 
 
 # -- entity spans and span F1, by hand ----------------------------------------------------------------
@@ -256,7 +251,7 @@ def test_token_classification_end_to_end_from_mlm_export(ner_dir, mlm_export, tm
         f"data.test_files=[{ner_dir / 'test.jsonl'}]",
     ], tmp_path, shared_cache)
     assert proc.returncode == 0, proc.stderr[-4000:]
-    run_dir = _only_run_dir(tmp_path)
+    run_dir = only_run_dir(tmp_path)
     results = json.loads((run_dir / "results.json").read_text())
     metrics = results["metrics"]
     print("token classification test metrics:", {k: round(v, 3) for k, v in metrics.items() if k.startswith("test/")})
@@ -287,7 +282,7 @@ def test_regression_end_to_end(tmp_path, shared_cache):
         f"data.test_files=[{data / 'test.jsonl'}]",
     ], tmp_path / "run", shared_cache)
     assert proc.returncode == 0, proc.stderr[-4000:]
-    results = json.loads((_only_run_dir(tmp_path / "run") / "results.json").read_text())
+    results = json.loads((only_run_dir(tmp_path / "run") / "results.json").read_text())
     metrics = results["metrics"]
     print("regression test metrics:", {k: round(v, 3) for k, v in metrics.items() if k.startswith("test/")})
     targets = [json.loads(line)["label"] for line in (data / "test.jsonl").read_text().splitlines()]

@@ -4,14 +4,13 @@ end through train.py on the digits, with its hand-off to the image classifier, u
 
 from __future__ import annotations
 
-import csv
 import functools
 import json
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import assert_user_error, run_train
+from conftest import assert_user_error, logged, only_run_dir, run_train
 from safetensors.torch import load_file
 
 from headstart.backbones.vision import VisionBackboneSpec
@@ -130,16 +129,6 @@ AUTOENCODERS = {
 }
 
 
-def _run_dir(root: Path) -> Path:
-    [results] = root.glob("outputs/*/*/results.json")
-    return results.parent
-
-
-def _epoch_metric(run_dir: Path, name: str) -> list[float]:
-    with open(run_dir / "csv" / "metrics.csv") as f:
-        return [float(row[name]) for row in csv.DictReader(f) if row.get(name)]
-
-
 @pytest.fixture(scope="module")
 def pretrained(tmp_path_factory):
     """Each autoencoder pretrained for a few epochs on the digits (cached per test module)."""
@@ -151,7 +140,7 @@ def pretrained(tmp_path_factory):
             _, experiment, model, epochs, _, _ = AUTOENCODERS[name]
             proc = run_train([f"experiment={experiment}", "logger=csv", f"trainer.max_epochs={epochs}", *model], root)
             assert proc.returncode == 0, proc.stderr[-3000:]
-            runs[name] = _run_dir(root)
+            runs[name] = only_run_dir(root)
         return runs[name]
 
     return get
@@ -164,10 +153,10 @@ def test_autoencoder_loss_falls_and_backbone_hands_off(name, pretrained, tmp_pat
     run_dir = pretrained(name)
     results = json.loads((run_dir / "results.json").read_text())
     assert results["task"] == objective and results["completed"]
-    val_loss = _epoch_metric(run_dir, "val/loss")
+    val_loss = logged(run_dir, "val/loss")
     # The validation noise/masks are the same every epoch, so the loss moves only with the model.
     assert len(val_loss) == epochs and val_loss[-1] < val_loss[0] - margin, val_loss
-    probe = _epoch_metric(run_dir, "val/probe_acc")
+    probe = logged(run_dir, "val/probe_acc")
     print(f"{objective}: val/loss {val_loss[0]:.3f} -> {val_loss[-1]:.3f}, val/probe_acc {probe[-1]:.3f}, "
           f"test/knn_acc {results['metrics']['test/knn_acc']:.3f}")
     # 10 digits: chance is 0.1
@@ -177,7 +166,7 @@ def test_autoencoder_loss_falls_and_backbone_hands_off(name, pretrained, tmp_pat
     proc = run_train(["experiment=vision_classification", "logger=csv", "trainer.max_epochs=1", *model_group,
                       f"model.init_from={run_dir}"], tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    report = json.loads((_run_dir(tmp_path) / "handoff_report.json").read_text())
+    report = json.loads((only_run_dir(tmp_path) / "handoff_report.json").read_text())
     assert report["source_objective"] == objective
     # Every exported tensor is a backbone weight, and every one of them was loaded.
     assert report["loaded"] == sorted(load_file(str(run_dir / "export" / "model.safetensors")))
@@ -199,8 +188,8 @@ def test_online_probe_is_detached_from_the_backbone(tmp_path):
         root = tmp_path / str(probe)
         proc = run_train([*common, f"task.online_probe={probe}"], root)
         assert proc.returncode == 0, proc.stderr[-3000:]
-        exports[probe] = load_file(str(_run_dir(root) / "export" / "model.safetensors"))
-        metrics = json.loads((_run_dir(root) / "results.json").read_text())["metrics"]
+        exports[probe] = load_file(str(only_run_dir(root) / "export" / "model.safetensors"))
+        metrics = json.loads((only_run_dir(root) / "results.json").read_text())["metrics"]
         assert ("val/probe_acc" in metrics) == probe
     assert exports[True].keys() == exports[False].keys()
     assert all(torch.equal(exports[True][k], exports[False][k]) for k in exports[True])
@@ -214,10 +203,10 @@ def test_online_evaluation_under_two_process_ddp_and_resume(tmp_path):
               "trainer.devices=2"]
     proc = run_train([*common, "trainer.max_epochs=3"], tmp_path / "first")
     assert proc.returncode == 0, proc.stderr[-3000:]
-    first = _run_dir(tmp_path / "first")
+    first = only_run_dir(tmp_path / "first")
     results = json.loads((first / "results.json").read_text())
     assert results["world_size"] == 2
-    probe, knn = _epoch_metric(first, "val/probe_acc"), _epoch_metric(first, "val/knn_acc")
+    probe, knn = logged(first, "val/probe_acc"), logged(first, "val/knn_acc")
     print(f"DDP SimCLR: val/probe_acc {probe}, val/knn_acc {knn}")
     # Chance is 0.1; each process takes half the batches, so 3 epochs are 15 steps.
     assert probe[-1] > 0.2 and knn[-1] > 0.5
@@ -227,8 +216,8 @@ def test_online_evaluation_under_two_process_ddp_and_resume(tmp_path):
 
     proc = run_train([*common, "trainer.max_epochs=4", f"ckpt_path={last}"], tmp_path / "resumed")
     assert proc.returncode == 0, proc.stderr[-3000:]
-    resumed = _run_dir(tmp_path / "resumed")
-    after = _epoch_metric(resumed, "val/probe_acc")
+    resumed = only_run_dir(tmp_path / "resumed")
+    after = logged(resumed, "val/probe_acc")
     assert len(after) == 1 and after[0] > probe[0], (probe, after)  # not a probe starting over
 
 
@@ -244,7 +233,7 @@ def test_feature_export_writes_the_exported_backbones_features_in_data_order(pre
     proc = run_train(["experiment=feature_export", "logger=csv", *SMALL_CNN, f"model.init_from={run_dir}",
                       "task.splits=[train,test]"], tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    out = _run_dir(tmp_path)
+    out = only_run_dir(tmp_path)
     assert sorted(p.name for p in (out / "features").iterdir()) == ["features.json", "test.safetensors",
                                                                     "train.safetensors"]
     data = ImageDataModule(builtin="digits")

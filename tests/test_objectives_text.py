@@ -4,14 +4,13 @@ classification with every backbone key loaded."""
 
 from __future__ import annotations
 
-import csv
 import json
 import math
 import random
 from pathlib import Path
 
 import pytest
-from conftest import FUNCTION_WORDS, TINY_MODEL, TOPICS, run_train
+from conftest import FUNCTION_WORDS, TINY_MODEL, TOPICS, logged, only_run_dir, run_train
 
 from headstart.backbones.text import TextBackboneSpec
 from headstart.data.tokenizer import load_tokenizer
@@ -26,20 +25,10 @@ TINY_GPT = ["model=gpt_tiny", "model.arch.n_embd=32", "model.arch.n_layer=2", "m
 NO_DROPOUT = ["model.arch.hidden_dropout_prob=0", "model.arch.attention_probs_dropout_prob=0"]
 
 
-def _series(run_dir: Path, name: str) -> list[float]:
-    with (run_dir / "csv" / "metrics.csv").open() as f:
-        return [float(row[name]) for row in csv.DictReader(f) if row.get(name)]
-
-
-def _only_run_dir(root: Path) -> Path:
-    [results] = root.glob("outputs/*/*/results.json")
-    return results.parent
-
-
 def _pretrain(root: Path, cache: Path, args: list[str], logger: str = "csv") -> Path:
     proc = run_train([*args, f"logger={logger}", "trainer.log_every_n_steps=1"], root, cache)
     assert proc.returncode == 0, proc.stderr[-4000:]
-    return _only_run_dir(root)
+    return only_run_dir(root)
 
 
 def _files(train: Path, val: Path) -> list[str]:
@@ -73,8 +62,8 @@ def clm_run(tmp_path_factory, corpus_dir, shared_cache) -> Path:
 
 
 def test_causal_lm_loss_falls_and_perplexity_follows(clm_run):
-    first_step = _series(clm_run, "train/loss_step")[0]
-    val_loss, perplexity = _series(clm_run, "val/loss"), _series(clm_run, "val/perplexity")
+    first_step = logged(clm_run, "train/loss_step")[0]
+    val_loss, perplexity = logged(clm_run, "val/loss"), logged(clm_run, "val/perplexity")
     vocab = json.loads((clm_run / "export" / "config.json").read_text())["vocab_size"]
     assert len(val_loss) == len(perplexity) == 5
     # From chance (ln of the vocabulary) to well below it, and still falling after the first epoch.
@@ -112,7 +101,7 @@ def test_causal_lm_export_hands_off_to_a_gpt_classifier(clm_run, tmp_path, corpu
         f"data.test_files=[{corpus_dir / 'cls_test.jsonl'}]",
     ], tmp_path, shared_cache)
     assert proc.returncode == 0, proc.stderr[-4000:]
-    report = json.loads((_only_run_dir(tmp_path) / "handoff_report.json").read_text())
+    report = json.loads((only_run_dir(tmp_path) / "handoff_report.json").read_text())
     exported = load_file(clm_run / "export" / "model.safetensors")
     gpt2_keys = sorted(k.removeprefix("transformer.") for k in exported if k.startswith("transformer."))
     assert report["source_objective"] == "CausalLanguageModeling"
@@ -131,13 +120,13 @@ def simcse_run(tmp_path_factory, corpus_dir, shared_cache) -> Path:
 
 
 def test_simcse_loss_falls_and_views_find_each_other(simcse_run):
-    first_step = _series(simcse_run, "train/loss_step")[0]
-    val_loss, val_acc = _series(simcse_run, "val/loss"), _series(simcse_run, "val/acc")
+    first_step = logged(simcse_run, "train/loss_step")[0]
+    val_loss, val_acc = logged(simcse_run, "val/loss"), logged(simcse_run, "val/acc")
     assert len(val_loss) == 3
     # InfoNCE over a batch of 32: from where a fresh encoder starts to near zero.
     assert val_loss[-1] < first_step - 1.5, (first_step, val_loss)
     assert val_acc[-1] > 0.9, val_acc  # chance is 1/32
-    alignment, uniformity = _series(simcse_run, "val/alignment"), _series(simcse_run, "val/uniformity")
+    alignment, uniformity = logged(simcse_run, "val/alignment"), logged(simcse_run, "val/uniformity")
     assert all(0.0 <= a <= 4.0 for a in alignment) and all(u < 0.0 for u in uniformity), (alignment, uniformity)
 
 
@@ -160,12 +149,12 @@ def test_simcse_on_labelled_text_evaluates_its_embeddings_online(tmp_path, corpu
         *TINY_MODEL, "data.vocab_size=300", "data.max_length=32", "data.batch_size=32", "trainer.max_epochs=3",
         "task.optimizer.lr=3e-3",
     ])
-    probe, knn = _series(run_dir, "val/probe_acc"), _series(run_dir, "val/knn_acc")
+    probe, knn = logged(run_dir, "val/probe_acc"), logged(run_dir, "val/knn_acc")
     results = json.loads((run_dir / "results.json").read_text())["metrics"]
     print(f"SimCSE on labelled text: val/probe_acc {probe}, val/knn_acc {knn}, test {results.get('test/probe_acc')}")
     assert len(probe) == 3 and probe[-1] > 0.6 and knn[-1] > 0.6
     assert results["test/probe_acc"] > 0.6 and results["test/knn_acc"] > 0.6
-    assert _series(run_dir, "val/loss")[-1] < _series(run_dir, "train/loss_step")[0] - 1.0
+    assert logged(run_dir, "val/loss")[-1] < logged(run_dir, "train/loss_step")[0] - 1.0
 
 
 # -- masked LM + next-sentence prediction ----------------------------------------------------------
@@ -195,17 +184,17 @@ def nsp_run(tmp_path_factory, shared_cache) -> Path:
 
 
 def test_next_sentence_prediction_learns_and_mlm_loss_falls(nsp_run):
-    nsp_acc, mlm_loss = _series(nsp_run, "val/nsp_acc"), _series(nsp_run, "val/mlm_loss")
-    nsp_loss, loss = _series(nsp_run, "val/nsp_loss"), _series(nsp_run, "val/loss")
+    nsp_acc, mlm_loss = logged(nsp_run, "val/nsp_acc"), logged(nsp_run, "val/mlm_loss")
+    nsp_loss, loss = logged(nsp_run, "val/nsp_loss"), logged(nsp_run, "val/loss")
     assert len(nsp_acc) == len(mlm_loss) == 16
     # Half the pairs are consecutive: 0.5 is chance. A random partner shares the topic a third of the
     # time, so about 0.83 is the best a model can do; the last epochs must be clearly above chance.
     assert sum(nsp_acc[-3:]) / 3 > 0.5 + 0.1, nsp_acc
     assert nsp_loss[-1] < math.log(2) - 0.05, nsp_loss
-    assert mlm_loss[-1] < _series(nsp_run, "train/mlm_loss_step")[0] - 1.5, mlm_loss
+    assert mlm_loss[-1] < logged(nsp_run, "train/mlm_loss_step")[0] - 1.5, mlm_loss
     assert mlm_loss[-1] < mlm_loss[0] - 0.5, mlm_loss
     assert loss[-1] == pytest.approx(mlm_loss[-1] + nsp_loss[-1], rel=1e-4)
-    masked_acc = _series(nsp_run, "val/masked_acc")
+    masked_acc = logged(nsp_run, "val/masked_acc")
     assert masked_acc[-1] > masked_acc[0] + 0.05, masked_acc
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import TINY_MODEL, TOPICS, assert_user_error, run_train
+from conftest import TINY_MODEL, TOPICS, assert_user_error, only_run_dir, run_train
 
 from headstart.transfer.handoff import apply_handoff
 
@@ -27,15 +27,10 @@ def _classification_data(corpus: Path) -> list[str]:
             f"data.test_files=[{corpus / 'cls_test.jsonl'}]", "logger=csv"]
 
 
-def _run_dir(root: Path) -> Path:
-    [results] = root.glob("outputs/*/*/results.json")
-    return results.parent
-
-
 def _trained(args: list[str], root: Path, cache: Path) -> Path:
     proc = run_train(args, root, cache)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    run_dir = _run_dir(root)
+    run_dir = only_run_dir(root)
     (run_dir / "stdout.txt").write_text(proc.stdout)
     return run_dir
 

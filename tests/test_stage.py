@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import TINY_MODEL, run_train
+from conftest import TINY_MODEL, only_run_dir, run_train
 
 pytestmark = pytest.mark.slow
 
@@ -17,16 +17,11 @@ def _mlm_args(corpus: Path, epochs: int = 2) -> list[str]:
             "data.batch_size=16", f"trainer.max_epochs={epochs}", *TINY_MODEL]
 
 
-def _only_run_dir(root: Path) -> Path:
-    [results] = root.glob("outputs/*/*/results.json")
-    return results.parent
-
-
 def test_wandb_offline_run_and_csv_beside_it(tmp_path, corpus_dir, shared_cache):
     proc = run_train([*_mlm_args(corpus_dir, epochs=1), "logger=default", "run_name=tiny-mlm"], tmp_path,
                      shared_cache)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    run_dir = _only_run_dir(tmp_path)
+    run_dir = only_run_dir(tmp_path)
     [wandb_run] = (run_dir / "wandb").glob("offline-run-*")
     [history] = wandb_run.glob("run-*.wandb")
     # The run file (protobuf records) carries the run name, the composed config and the metrics.
@@ -46,7 +41,7 @@ def test_second_run_reuses_tokenizer_and_tokenized_data(tmp_path, corpus_dir):
     assert "Training a wordpiece tokenizer" not in second.stdout and "Tokenizing" not in second.stdout
     assert "Tokenized data loaded from cache" in second.stdout
     # Both runs saved the same tokenizer with their outputs.
-    vocab = [json.loads((_only_run_dir(tmp_path / d) / "tokenizer" / "tokenizer.json").read_text())["model"]["vocab"]
+    vocab = [json.loads((only_run_dir(tmp_path / d) / "tokenizer" / "tokenizer.json").read_text())["model"]["vocab"]
              for d in ("a", "b")]
     assert vocab[0] == vocab[1]
 
@@ -77,7 +72,7 @@ def test_model_from_local_hf_directory(tmp_path, corpus_dir, hf_model_dir):
     proc = run_train([*args, "logger=csv", "model=hf_dir", f"model.name_or_path={hf_model_dir}",
                       "trainer.max_epochs=1"], tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    run_dir = _only_run_dir(tmp_path)
+    run_dir = only_run_dir(tmp_path)
     assert "Training a wordpiece tokenizer" not in proc.stdout  # the model's own tokenizer is used
     original = load_file(hf_model_dir / "model.safetensors")
     trained = load_file(run_dir / "export" / "model.safetensors")
@@ -98,8 +93,8 @@ def test_gpt_backbone_classifies_with_bpe_tokenizer(tmp_path, corpus_dir, shared
         f"data.val_files=[{corpus_dir / 'cls_val.jsonl'}]", f"data.test_files=[{corpus_dir / 'cls_test.jsonl'}]",
     ], tmp_path, shared_cache)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    results = json.loads((_only_run_dir(tmp_path) / "results.json").read_text())
+    results = json.loads((only_run_dir(tmp_path) / "results.json").read_text())
     assert results["task"] == "SequenceClassifier"
     assert results["metrics"]["test/acc"] > 0.6  # three balanced classes: chance is 1/3
-    config = json.loads((_only_run_dir(tmp_path) / "tokenizer" / "tokenizer.json").read_text())
+    config = json.loads((only_run_dir(tmp_path) / "tokenizer" / "tokenizer.json").read_text())
     assert config["model"]["type"] == "BPE"

@@ -3,14 +3,13 @@ hand-off to the image classifier, and end-to-end runs of SimCLR, MoCo and classi
 
 from __future__ import annotations
 
-import csv
 import functools
 import json
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import run_train
+from conftest import logged, only_run_dir, run_train
 from safetensors.torch import load_file
 
 from headstart.backbones.vision import VisionBackboneSpec, image_features
@@ -172,16 +171,6 @@ def test_vit_patch_size_must_divide_the_image_size():
 SMALL_CNN = ["model.arch.hidden_sizes=[16,32,64]"]
 
 
-def _only_run_dir(root: Path) -> Path:
-    [results] = root.glob("outputs/*/*/results.json")
-    return results.parent
-
-
-def _epoch_metric(run_dir: Path, name: str) -> list[float]:
-    with open(run_dir / "csv" / "metrics.csv") as f:
-        return [float(row[name]) for row in csv.DictReader(f) if row.get(name)]
-
-
 def linear_probe_accuracy(export_dir: Path) -> float:
     """Logistic regression on the frozen features of the exported backbone: fit on the digits'
     training images, score on their test images."""
@@ -205,20 +194,20 @@ def _pretrain(tmp_path: Path, experiment: str) -> Path:
     proc = run_train([f"experiment={experiment}", "logger=csv", f"trainer.max_epochs={PRETRAIN_EPOCHS}", *SMALL_CNN],
                      tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    return _only_run_dir(tmp_path)
+    return only_run_dir(tmp_path)
 
 
 def _check_pretrain_run(run_dir: Path, objective: str) -> None:
     results = json.loads((run_dir / "results.json").read_text())
     assert results["task"] == objective and results["completed"]
-    val_loss = _epoch_metric(run_dir, "val/loss")
+    val_loss = logged(run_dir, "val/loss")
     # The validation views are the same every epoch, so the loss moves only with the model.
     assert len(val_loss) == PRETRAIN_EPOCHS and val_loss[-1] < val_loss[0] - 0.3, val_loss
-    knn = _epoch_metric(run_dir, "val/knn_acc")
+    knn = logged(run_dir, "val/knn_acc")
     assert knn[-1] > 0.5, knn  # 10 digits: chance is 0.1
     assert results["metrics"]["test/knn_acc"] > 0.5
     # The online linear probe (on detached features, trained alongside) beats chance (0.1) by far.
-    online_probe = _epoch_metric(run_dir, "val/probe_acc")
+    online_probe = logged(run_dir, "val/probe_acc")
     assert online_probe[-1] > 0.4 and results["metrics"]["test/probe_acc"] > 0.4, online_probe
     export = run_dir / "export"
     assert (export / PROCESSOR_CONFIG).is_file() and (run_dir / "processor" / PROCESSOR_CONFIG).is_file()
@@ -234,7 +223,7 @@ def _check_handoff(run_dir: Path, objective: str, root: Path, epochs: int) -> di
     proc = run_train(["experiment=vision_classification", "logger=csv", f"trainer.max_epochs={epochs}", *SMALL_CNN,
                       f"model.init_from={run_dir}"], root)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    finetune = _only_run_dir(root)
+    finetune = only_run_dir(root)
     report = json.loads((finetune / "handoff_report.json").read_text())
     assert report["source_objective"] == objective
     assert report["loaded"] == sorted(load_file(str(run_dir / "export" / "model.safetensors")))
@@ -272,7 +261,7 @@ def test_moco_pretrains_with_its_queue_checkpointed(tmp_path):
 def test_image_classifier_from_scratch_beats_80_percent(tmp_path):
     proc = run_train(["experiment=vision_classification", "logger=csv", "trainer.max_epochs=3"], tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    results = json.loads((_only_run_dir(tmp_path) / "results.json").read_text())
+    results = json.loads((only_run_dir(tmp_path) / "results.json").read_text())
     assert results["handoff"] is None
     print(f"cnn_small from scratch: test/acc {results['metrics']['test/acc']:.3f}")
     assert results["metrics"]["test/acc"] > 0.8

@@ -18,6 +18,15 @@ MODEL_MODULES = ("headstart.backbones.word2vec", "headstart.backbones.vision")
 INIT_SCOPES = ("backbone", "embeddings")
 
 
+#: What a text encoder takes from a batch (labels and a collator's bookkeeping stay out).
+ENCODER_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+
+
+def encoder_inputs(batch: dict, keys: tuple[str, ...] = ENCODER_INPUTS) -> dict:
+    """The encoder's keyword inputs among a batch's entries."""
+    return {k: batch[k] for k in keys if k in batch}
+
+
 def register_models() -> None:
     """Make headstart's model types known to ``AutoConfig``/``AutoModel`` (idempotent)."""
     import importlib

@@ -18,6 +18,7 @@ from typing import Any
 import torch
 
 from headstart.backbones.pooling import check_pooling, pool
+from headstart.backbones.text import encoder_inputs
 from headstart.errors import ConfigError
 from headstart.module import HeadstartModule
 
@@ -47,7 +48,7 @@ class FeatureExtractor(HeadstartModule):
         """(B, hidden) features of a batch."""
         if "pixel_values" in batch:
             return self.image_features(self.backbone(pixel_values=batch["pixel_values"]))
-        inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "token_type_ids") if k in batch}
+        inputs = encoder_inputs(batch)
         mask = batch.get("attention_mask", torch.ones_like(batch["input_ids"]))
         return pool(self.backbone(**inputs).last_hidden_state, mask, self.pooling)
 

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 from torchmetrics import MetricCollection
 
+from headstart.backbones.text import ENCODER_INPUTS, encoder_inputs
 from headstart.errors import ConfigError
 from headstart.heads.squad import SquadScores
 from headstart.heads.supervised import SupervisedHead
@@ -84,8 +85,7 @@ class QuestionAnswering(SupervisedHead):
 
     def forward(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """(windows, length) start and end logits, padding masked out."""
-        keys = ("input_ids", "attention_mask", "token_type_ids") if self.use_token_types else ("input_ids", "attention_mask")
-        inputs = {k: batch[k] for k in keys if k in batch}
+        inputs = encoder_inputs(batch, ENCODER_INPUTS if self.use_token_types else ENCODER_INPUTS[:2])
         logits = self.head(self.net(**inputs).last_hidden_state).float()
         padding = (batch["attention_mask"] == 0)[..., None]
         start, end = logits.masked_fill(padding, torch.finfo(logits.dtype).min).unbind(-1)

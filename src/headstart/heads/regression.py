@@ -17,6 +17,7 @@ from torchmetrics import MetricCollection
 from torchmetrics.regression import MeanAbsoluteError, MeanSquaredError, PearsonCorrCoef, SpearmanCorrCoef
 
 from headstart.backbones.pooling import check_pooling, pool
+from headstart.backbones.text import encoder_inputs
 from headstart.errors import ConfigError
 from headstart.heads.supervised import SupervisedHead
 
@@ -53,7 +54,7 @@ class Regressor(SupervisedHead):
 
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """(B, num_targets) predictions in the standardised scale the head learns in."""
-        inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "token_type_ids") if k in batch}
+        inputs = encoder_inputs(batch)
         hidden = self.net(**inputs).last_hidden_state
         return self.head(pool(hidden, batch["attention_mask"], self.pooling))
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from headstart.backbones.pooling import check_pooling, pool
+from headstart.backbones.text import encoder_inputs
 from headstart.heads.classification import Classifier
 
 
@@ -17,6 +18,6 @@ class SequenceClassifier(Classifier):
         self.pooling = pooling
 
     def features(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "token_type_ids") if k in batch}
+        inputs = encoder_inputs(batch)
         hidden = self.net(**inputs).last_hidden_state
         return pool(hidden, batch["attention_mask"], self.pooling)

@@ -14,6 +14,7 @@ from torch import nn
 from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy
 
+from headstart.backbones.text import encoder_inputs
 from headstart.errors import ConfigError
 from headstart.heads.span_f1 import SpanF1
 from headstart.heads.supervised import SupervisedHead
@@ -43,7 +44,7 @@ class TokenClassifier(SupervisedHead):
 
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """(B, T, num_labels) logits."""
-        inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "token_type_ids") if k in batch}
+        inputs = encoder_inputs(batch)
         return self.head(self.net(**inputs).last_hidden_state)
 
     def step(self, batch):

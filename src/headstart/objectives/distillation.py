@@ -17,11 +17,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from headstart.backbones.text import encoder_inputs
 from headstart.errors import CheckpointError, ConfigError
 from headstart.objectives.masked_lm import MaskedLanguageModeling, masked_position_logits
-
-# What an encoder takes from a masked batch (the labels and the collator's bookkeeping stay out).
-_ENCODER_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 
 
 def distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, target: torch.Tensor,
@@ -97,7 +95,7 @@ class MaskedLMDistillation(MaskedLanguageModeling):
     def masked_logits(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Student and teacher logits at the masked positions, and the true tokens there. (``forward``
         stays MLM's: the student's own loss against the true tokens.)"""
-        inputs = {k: batch[k] for k in _ENCODER_INPUTS if k in batch}
+        inputs = encoder_inputs(batch)
         selected = batch["labels"] != -100
         if self.teacher.device != self.device:  # not a registered child, so Lightning does not move it
             self.teacher.to(self.device)

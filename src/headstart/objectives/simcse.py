@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from headstart.backbones.pooling import check_pooling, pool
+from headstart.backbones.text import encoder_inputs
 from headstart.errors import ConfigError
 from headstart.module import HeadstartModule
 from headstart.objectives.embedding_metrics import alignment, top1_retrieval_accuracy, uniformity
@@ -42,7 +43,7 @@ class SimCSE(OnlineEvaluation, HeadstartModule):
 
     @staticmethod
     def _inputs(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "token_type_ids") if k in batch}
+        inputs = encoder_inputs(batch)
         inputs.setdefault("attention_mask", torch.ones_like(inputs["input_ids"]))
         return inputs
 

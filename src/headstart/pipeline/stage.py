@@ -19,11 +19,13 @@ from headstart.transfer.modes import apply_transfer
 log = logging.getLogger(__name__)
 
 
-def _instantiate_group(node: DictConfig | None) -> list[Any]:
-    """Instantiate every ``_target_`` entry of a dict group (loggers, callbacks)."""
+def _instantiate_group(node: DictConfig | None, extra=lambda conf: {}) -> list[Any]:
+    """Instantiate every ``_target_`` entry of a dict group (loggers, callbacks), each with the keyword
+    arguments ``extra(conf)`` adds."""
     if not node:
         return []
-    return [instantiate(conf) for conf in node.values() if isinstance(conf, DictConfig) and "_target_" in conf]
+    return [instantiate(conf, **extra(conf)) for conf in node.values()
+            if isinstance(conf, DictConfig) and "_target_" in conf]
 
 
 def _instantiate_loggers(node: DictConfig | None, ckpt_path: str | None) -> list[Any]:
@@ -31,12 +33,8 @@ def _instantiate_loggers(node: DictConfig | None, ckpt_path: str | None) -> list
     from headstart.tracking.wandb import checkpoint_run_id
 
     run_id = checkpoint_run_id(ckpt_path) if ckpt_path else None
-    loggers = []
-    for conf in (node or {}).values():
-        if isinstance(conf, DictConfig) and "_target_" in conf:
-            resume = {"id": run_id, "resume": "allow"} if run_id and "wandb" in conf._target_ else {}
-            loggers.append(instantiate(conf, **resume))
-    return loggers
+    resume = {"id": run_id, "resume": "allow"} if run_id else {}
+    return _instantiate_group(node, lambda conf: resume if "wandb" in conf._target_ else {})
 
 
 def _finish_wandb() -> None:
