@@ -7,13 +7,25 @@ on accelerators whose peak Lightning knows, model FLOPs utilisation (``train/dev
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from lightning.pytorch.callbacks import ThroughputMonitor as _LightningThroughputMonitor
 
 
+def _task_batches(batch: dict[str, Any]) -> list[dict[str, Any]] | None:
+    """The per-task batches of a multi-task step (``{task: batch or None}``), else None."""
+    values = list(batch.values())
+    if values and all(v is None or isinstance(v, Mapping) for v in values):
+        return [v for v in values if v is not None]
+    return None
+
+
 def examples_in_batch(batch: dict[str, Any]) -> int:
     """The number of examples (rows) of a batch: the first dimension of its input tensor."""
+    tasks = _task_batches(batch)
+    if tasks is not None:
+        return sum(examples_in_batch(b) for b in tasks)
     for key in ("input_ids", "pixel_values", "labels"):
         if key in batch:
             return int(batch[key].shape[0])
@@ -22,6 +34,9 @@ def examples_in_batch(batch: dict[str, Any]) -> int:
 
 def items_in_batch(batch: dict[str, Any]) -> int:
     """Tokens of a text batch that are not padding, else the examples of the batch."""
+    tasks = _task_batches(batch)
+    if tasks is not None:
+        return sum(items_in_batch(b) for b in tasks)
     mask = batch.get("attention_mask")
     if mask is not None:
         return int(mask.sum())

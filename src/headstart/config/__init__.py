@@ -34,6 +34,8 @@ _SCHEMAS = {
     ("schema/task", "regression"): schema.RegressionConfig,
     ("schema/data", "question_answering"): schema.QuestionAnsweringDataConfig,
     ("schema/task", "question_answering"): schema.QuestionAnsweringConfig,
+    ("schema/data", "multitask"): schema.MultiTaskDataConfig,
+    ("schema/task", "multitask"): schema.MultiTaskConfig,
 }
 
 

@@ -460,3 +460,32 @@ class QuestionAnsweringConfig(HeadConfig):
     max_answer_length: int = 30
     n_best: int = 20
     monitor: str = "val/f1"
+
+
+# -- multi-task: one backbone, a head and a data set per task --
+@dataclass
+class MultiTaskDataConfig:
+    """``tasks``: task name -> that task's data config (any ``data`` group option, composed there in
+    the experiment's defaults)."""
+
+    _target_: str = "headstart.data.multitask.MultiTaskDataModule"
+    tasks: dict[str, Any] = field(default_factory=dict)
+    # How the tasks' training loaders make steps: max_size_cycle (every task in every step, shorter
+    # loaders start over), min_size (stop at the shortest) or max_size (run out the longest).
+    mode: str = "max_size_cycle"
+
+
+@dataclass
+class MultiTaskEntryConfig:
+    # A downstream head's config (any head of the ``task`` group), composed in the experiment's defaults.
+    head: Any = None
+    # The task's loss weight in the sum that trains the shared model.
+    weight: float = 1.0
+
+
+@dataclass
+class MultiTaskConfig(TaskConfig):
+    _target_: str = "headstart.heads.multitask.MultiTaskModel"
+    # The model builds the heads itself (on the shared backbone), so Hydra must not instantiate them.
+    _recursive_: bool = False
+    tasks: dict[str, MultiTaskEntryConfig] = field(default_factory=dict)

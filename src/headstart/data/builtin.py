@@ -4,7 +4,7 @@ the user's own files.
 ``pydoc_topics``: the pydoc topic pages (the language reference), one paragraph a line, for
 language-model pretraining. ``python_docs``: those paragraphs plus the docstrings of the standard
 library's source files (about four times more text). ``pydoc_topics_cls``: the same paragraphs labelled with the part of the
-reference they come from. Paragraphs are split by a hash of their text, and the labelled test
+reference they come from (``label``) and with their topic page (``topic``). Paragraphs are split by a hash of their text, and the labelled test
 paragraphs are left out of the pretraining corpus, so pretraining never sees test inputs.
 """
 
@@ -15,6 +15,7 @@ import hashlib
 import json
 import os
 import re
+from collections import Counter
 from pathlib import Path
 
 from headstart.errors import ConfigError
@@ -41,6 +42,7 @@ _TOPIC_CLASSES = {
     "execution": "debugger dynamic-features exceptions execmodel naming",
 }
 _MIN_WORDS = 8
+_MIN_TOPIC_TRAIN = 5
 
 
 def _split_of(text: str) -> str:
@@ -118,13 +120,29 @@ def _materialize_python_docs(root: Path) -> dict[str, list[str]]:
     return {"validation": [str(validation)], "train": [str(train)]}
 
 
+def _topic_pages(paras: list[tuple[str, str, str]]) -> dict[str, str]:
+    """The pydoc topic page of each paragraph (its first, when pages share it); pages with fewer than
+    _MIN_TOPIC_TRAIN training paragraphs are pooled as "other", so every fine label can be learnt."""
+    from pydoc_data.topics import topics
+
+    page: dict[str, str] = {}
+    for topic, body in sorted(topics.items()):
+        for text in _paragraphs(body):
+            page.setdefault(text, topic)
+    train_counts = Counter(page[t] for t, _, s in paras if s == "train")
+    return {t: page[t] if train_counts[page[t]] >= _MIN_TOPIC_TRAIN else "other" for t, _, _ in paras}
+
+
 def _materialize_pydoc_topics_cls(root: Path) -> dict[str, list[str]]:
+    """Rows {"text", "label": the part of the reference, "topic": the topic page} (two tasks on one text)."""
     paras = [p for p in pydoc_paragraphs() if p[1] != "unlabelled"]
+    pages = _topic_pages(paras)
     files = {}
     for split in ("train", "validation", "test"):
         path = root / f"{split}.jsonl"
-        if not path.exists():
-            _write_atomic(path, [json.dumps({"text": t, "label": lab}) for t, lab, s in paras if s == split])
+        if not path.exists() or '"topic"' not in path.open(encoding="utf-8").readline():  # or written before topics
+            _write_atomic(path, [json.dumps({"text": t, "label": lab, "topic": pages[t]})
+                                 for t, lab, s in paras if s == split])
         files[split] = [str(path)]
     return files
 
