@@ -98,3 +98,30 @@ def test_gpt_backbone_classifies_with_bpe_tokenizer(tmp_path, corpus_dir, shared
     assert results["metrics"]["test/acc"] > 0.6  # three balanced classes: chance is 1/3
     config = json.loads((only_run_dir(tmp_path) / "tokenizer" / "tokenizer.json").read_text())
     assert config["model"]["type"] == "BPE"
+
+
+def test_throughput_flops_first_step_and_memory_are_recorded(tmp_path, corpus_dir, shared_cache):
+    """The throughput monitor logs model FLOPs/s beside tokens/s; results.json has the time to the first
+    optimizer step, the peak memory and the speed switches."""
+    from conftest import logged
+
+    proc = run_train([*_mlm_args(corpus_dir, epochs=3), "logger=csv", "trainer.log_every_n_steps=5",
+                      "task.optimizer.fused=true"], tmp_path, shared_cache)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    run_dir = only_run_dir(tmp_path)
+    results = json.loads((run_dir / "results.json").read_text())
+    first = results["time_to_first_step"]
+    assert 0 < first["since_stage_start_s"] < first["since_process_start_s"] < 120, first
+    assert "First optimizer step" in proc.stdout + proc.stderr
+    assert results["peak_rss_mb"] > 100 and results["speed"] == {"compile": False, "compile_mode": None,
+                                                                "channels_last": False}
+    flops, samples = logged(run_dir, "train/device/flops_per_sec"), logged(run_dir, "train/device/samples_per_sec")
+    assert flops and len(flops) == len(samples)
+    # FLOPs per example: a 32-token block through the tiny BERT (matrix weights x 6 per token, plus
+    # attention), between the count without the vocabulary projection and with it at every token.
+    config = json.loads((run_dir / "export" / "config.json").read_text())
+    d, layers, vocab = config["hidden_size"], config["num_hidden_layers"], config["vocab_size"]
+    per_layer = 4 * d * d + 2 * d * config["intermediate_size"]
+    body = 6 * 32 * (layers * per_layer + 2 * d * d) + 12 * layers * d * 32 * 32
+    per_example = flops[-1] / samples[-1]
+    assert body < per_example < body + 6 * 32 * d * vocab, (per_example, body)

@@ -24,6 +24,16 @@ class CheckpointError(HeadstartError):
     """A checkpoint or exported model cannot be used for this run."""
 
 
+class TrainingError(HeadstartError):
+    """Training cannot go on (its loss stopped being a number); the last good checkpoint is named."""
+
+
+class Preempted(HeadstartError):
+    """The process was asked to stop (SIGTERM) and saved a checkpoint to resume from."""
+
+    exit_code = 143  # 128 + SIGTERM, what a scheduler expects of a process it stopped
+
+
 def did_you_mean(name: str, choices: Iterable[str]) -> str:
     """' Did you mean X?' when a close match exists, else ''."""
     close = difflib.get_close_matches(name, list(choices), n=1, cutoff=0.6)

@@ -26,8 +26,6 @@ class HeadstartModule(pl.LightningModule):
     #: probe's frozen backbone) and the layer-wise learning-rate decay.
     frozen_modules: tuple[torch.nn.Module, ...] = ()
     layer_lr_decay = 1.0
-    #: FLOPs of one training batch, read by the throughput monitor (FLOPs/s and MFU); None: not counted.
-    flops_per_batch: float | None = None
 
     def __init__(self, backbone, optimizer, scheduler=None, monitor: str = "val/loss",
                  monitor_mode: str = "min") -> None:
@@ -36,6 +34,22 @@ class HeadstartModule(pl.LightningModule):
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
         self.net = self.build_network(backbone)
+
+    # -- model FLOPs, for the throughput monitor's FLOPs/s and MFU --------------------------------
+    @property
+    def flops_per_batch(self) -> float | None:
+        """Model FLOPs of the current training batch; None: not counted."""
+        return getattr(self, "_batch_flops", None)
+
+    def on_train_batch_start(self, batch, batch_idx: int) -> None:
+        self._batch_flops = self.batch_flops(batch)
+
+    def batch_flops(self, batch) -> float | None:
+        """Model FLOPs of a training step on ``batch`` (see headstart.flops); text transformers are
+        counted, objectives with other costs override this."""
+        from headstart.flops import text_batch_flops
+
+        return text_batch_flops(self.net, batch, self.__dict__.setdefault("_flops_cache", {}))
 
     def build_network(self, backbone) -> torch.nn.Module:
         """The transformers model this module trains: the backbone with the head ``hf_head`` names."""

@@ -7,10 +7,15 @@ on accelerators whose peak Lightning knows, model FLOPs utilisation (``train/dev
 
 from __future__ import annotations
 
+import logging
+import os
+import time
 from collections.abc import Mapping
 from typing import Any
 
 from lightning.pytorch.callbacks import ThroughputMonitor as _LightningThroughputMonitor
+
+log = logging.getLogger(__name__)
 
 
 def _task_batches(batch: dict[str, Any]) -> list[dict[str, Any]] | None:
@@ -45,6 +50,34 @@ def items_in_batch(batch: dict[str, Any]) -> int:
     return examples_in_batch(batch)
 
 
+def process_age() -> float:
+    """Seconds since this process started (Linux), else since headstart was imported."""
+    try:
+        with open("/proc/self/stat") as f:
+            started_ticks = float(f.read().rsplit(")", 1)[1].split()[19])
+        with open("/proc/uptime") as f:
+            uptime = float(f.read().split()[0])
+        return uptime - started_ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return time.time() - _IMPORTED
+
+
+_IMPORTED = time.time()
+
+
 class ThroughputMonitor(_LightningThroughputMonitor):
+    """Also times the first optimizer step, from the process's start and from the stage's, the wait a
+    user has before training runs (imports, tokenization, model build): ``time_to_first_step``."""
+
     def __init__(self, window_size: int = 20, **kwargs) -> None:
         super().__init__(batch_size_fn=examples_in_batch, length_fn=items_in_batch, window_size=window_size, **kwargs)
+        self._stage_started = time.time()
+        self.time_to_first_step: dict[str, float] | None = None
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, *args) -> None:
+        super().on_train_batch_end(trainer, pl_module, outputs, batch, *args)
+        if self.time_to_first_step is None and trainer.is_global_zero:
+            self.time_to_first_step = {"since_process_start_s": round(process_age(), 3),
+                                       "since_stage_start_s": round(time.time() - self._stage_started, 3)}
+            log.info("First optimizer step %.1f s after the process started (%.1f s after this stage started)",
+                     *self.time_to_first_step.values())

@@ -47,7 +47,7 @@ class TextBackboneSpec:
 
     def __init__(self, arch: dict[str, Any] | None = None, name_or_path: str | None = None,
                  init_from: str | None = None, attn_implementation: str = "sdpa",
-                 init_scope: str = "backbone") -> None:
+                 init_scope: str = "backbone", allow_incomplete: bool = False) -> None:
         if init_scope not in INIT_SCOPES:
             raise ConfigError(
                 f"model.init_scope={init_scope!r} is unknown; use 'backbone' (load every backbone weight of "
@@ -58,6 +58,7 @@ class TextBackboneSpec:
         self.name_or_path = name_or_path
         self.init_from = init_from
         self.init_scope = init_scope
+        self.allow_incomplete = allow_incomplete
         self.attn_implementation = attn_implementation
         self.config = None
         if name_or_path is None:

@@ -51,3 +51,32 @@ def register_configs() -> None:
     store = ConfigStore.instance()
     for (group, name), node in _SCHEMAS.items():
         store.store(group=group, name=name, node=node)
+    _report_yaml_errors_in_one_line()
+
+
+def _report_yaml_errors_in_one_line() -> None:
+    """A config file with broken YAML (one of conf/ or of a hydra.searchpath directory) is reported as
+    Hydra reports a bad override, naming the file and line, instead of with a traceback. (Hydra
+    re-imports its config-source plugins, so the hook is on the repository that calls them.)"""
+    import yaml
+    from hydra._internal.config_repository import ConfigRepository
+    from hydra.errors import ConfigCompositionException
+
+    load_config = ConfigRepository.load_config
+    if getattr(load_config, "reports_yaml_errors", False):
+        return
+
+    def load_reporting_yaml_errors(self, config_path: str):
+        try:
+            return load_config(self, config_path)
+        except yaml.YAMLError as err:
+            where = getattr(err, "problem_mark", None)
+            place = f"{where.name}, line {where.line + 1}, column {where.column + 1}" if where else config_path
+            raise ConfigCompositionException(
+                f"headstart: error: the config {config_path!r} is not valid YAML ({place}: "
+                f"{getattr(err, 'problem', None) or err}). Fix that line of the file: a bracket, quote or colon "
+                "missing, or indentation off."
+            ) from None
+
+    load_reporting_yaml_errors.reports_yaml_errors = True
+    ConfigRepository.load_config = load_reporting_yaml_errors

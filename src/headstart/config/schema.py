@@ -85,6 +85,8 @@ class TextDataConfig:
     batch_size: int = 32
     eval_batch_size: int | None = None
     num_workers: int = 0
+    # Training batches of similar lengths (line-by-line data pads less); transformers' LengthGroupedSampler.
+    bucket_by_length: bool = False
     num_proc: int | None = None
     data_dir: str = II("paths.data_dir")
     cache_dir: str = II("paths.cache_dir")
@@ -113,6 +115,8 @@ class BackboneConfig:
     arch: dict[str, Any] = field(default_factory=dict)
     name_or_path: str | None = None
     init_from: str | None = None
+    # Accept an init_from export whose pretraining did not finish (its headstart_export.json says so).
+    allow_incomplete: bool = False
     attn_implementation: str = "sdpa"
 
 
@@ -207,6 +211,19 @@ class TransferConfig:
 
 
 @dataclass
+class SpeedConfig:
+    """Speed switches that change how the network runs, not what it computes (BENCHMARKS.md has
+    their measured effect). Others live where they act: model.attn_implementation (sdpa/eager),
+    trainer.precision, task.optimizer.fused, data.packing, data.bucket_by_length, data.num_workers."""
+
+    # torch.compile the network in place (its state_dict keys, so checkpoints and exports, stay the same).
+    compile: bool = False
+    compile_mode: str | None = None
+    # NHWC memory layout for convolutional vision backbones (faster convolutions with bf16 on GPUs).
+    channels_last: bool = False
+
+
+@dataclass
 class TrainConfig:
     """The root of every composed config."""
 
@@ -222,8 +239,10 @@ class TrainConfig:
     logger: Any = None
     callbacks: Any = None
     transfer: TransferConfig = field(default_factory=TransferConfig)
+    speed: SpeedConfig = field(default_factory=SpeedConfig)
     pipeline: PipelineConfig | None = None
     ckpt_path: str | None = None
+    resume: str | None = None
     test_after_fit: bool = True
     export_backbone: bool = True
     optimized_metric: str | None = None

@@ -42,6 +42,7 @@ class TextDataModule(SplitLoaders, pl.LightningDataModule):
         eval_batch_size: int | None = None,
         num_workers: int = 0,
         num_proc: int | None = None,
+        bucket_by_length: bool = False,
         data_dir: str = "data",
         cache_dir: str = ".cache/headstart",
         seed: int = 42,
@@ -68,6 +69,7 @@ class TextDataModule(SplitLoaders, pl.LightningDataModule):
         self.eval_batch_size = eval_batch_size or batch_size
         self.num_workers = num_workers
         self.num_proc = num_proc
+        self.bucket_by_length = bucket_by_length
         self.data_dir = data_dir
         self.cache_dir = cache_dir
         self.seed = seed

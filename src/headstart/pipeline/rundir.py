@@ -38,7 +38,7 @@ def claim_run_dir(output_dir: Path, resuming: bool) -> None:
         raise ConfigError(
             f"{output_dir} already holds the outputs of an earlier run ({', '.join(found)}); headstart never "
             "writes over a run. Leave hydra.run.dir / paths.output_dir at their defaults for a new directory, "
-            "or resume that run with ckpt_path=<its checkpoint>."
+            "or continue that run with resume=auto (or resume=<its directory>)."
         )
     output_dir.mkdir(parents=True, exist_ok=True)
 
@@ -46,7 +46,7 @@ def claim_run_dir(output_dir: Path, resuming: bool) -> None:
 def config_hash(cfg: DictConfig) -> str:
     """A hash of what the run trains (paths and run names left out, so reruns of one config agree)."""
     container = OmegaConf.to_container(cfg, resolve=True)
-    for key in ("paths", "run_name", "run_group", "logger", "callbacks"):
+    for key in ("paths", "run_name", "run_group", "logger", "callbacks", "resume"):
         container.pop(key, None)
     text = OmegaConf.to_yaml(OmegaConf.create(container), sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:16]

@@ -11,8 +11,13 @@ from typing import Any
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from headstart.checkpoints import AtomicCheckpointIO, read_checkpoint
+from headstart.errors import Preempted
 from headstart.pipeline.guards import RankAgreement
-from headstart.pipeline.rundir import claim_run_dir, config_hash, save_config
+from headstart.pipeline.resume import plan_resume
+from headstart.pipeline.run_record import write_run_record
+from headstart.pipeline.rundir import claim_run_dir, config_hash, is_secondary_rank, save_config
+from headstart.speed import apply_speed
 from headstart.transfer.handoff import apply_handoff, resolve_export_dir
 from headstart.transfer.modes import apply_transfer
 
@@ -28,11 +33,9 @@ def _instantiate_group(node: DictConfig | None, extra=lambda conf: {}) -> list[A
             if isinstance(conf, DictConfig) and "_target_" in conf]
 
 
-def _instantiate_loggers(node: DictConfig | None, ckpt_path: str | None) -> list[Any]:
+def _instantiate_loggers(node: DictConfig | None, checkpoint: dict[str, Any] | None) -> list[Any]:
     """The loggers; resuming from a checkpoint that recorded a W&B run continues that run."""
-    from headstart.tracking.wandb import checkpoint_run_id
-
-    run_id = checkpoint_run_id(ckpt_path) if ckpt_path else None
+    run_id = checkpoint.get("wandb_run_id") if checkpoint else None
     resume = {"id": run_id, "resume": "allow"} if run_id else {}
     return _instantiate_group(node, lambda conf: resume if "wandb" in conf._target_ else {})
 
@@ -60,21 +63,81 @@ def _adopt_csv_columns(loggers: list[Any]) -> None:
             keys.sort()
 
 
+def _fit(trainer, module, datamodule, ckpt_path: str | None) -> None:
+    """``trainer.fit``; a SIGTERM ends it with a checkpoint saved (CheckpointOnSigterm) and a non-zero exit."""
+    from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+    try:
+        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
+    except SIGTERMException:
+        raise Preempted(
+            f"stopped by SIGTERM at step {trainer.global_step}; its checkpoint is in "
+            f"{Path(trainer.default_root_dir) / 'checkpoints'}. Run the same command with resume=auto and "
+            f"hydra.run.dir={trainer.default_root_dir} to continue it."
+        ) from None
+
+
+def _keep_csv_history(loggers: list[Any], resumed_step: int) -> None:
+    """Lightning's CSV logger deletes an existing metrics.csv when it starts; a resumed run keeps the
+    rows its earlier attempt logged up to the checkpoint it continues (later ones are logged again)."""
+    import csv
+
+    from lightning.pytorch.loggers import CSVLogger
+
+    for logger in loggers:
+        path = Path(logger.log_dir) / "metrics.csv" if isinstance(logger, CSVLogger) else None
+        if path is None or not path.is_file():
+            continue
+        with open(path, newline="") as f:
+            reader = csv.DictReader(f)
+            header, rows = reader.fieldnames or [], [r for r in reader if not r.get("step") or
+                                                     int(float(r["step"])) < resumed_step]
+        logger.experiment  # noqa: B018 - creating the writer is what deletes the file
+        with open(path, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=header)
+            writer.writeheader()
+            writer.writerows(rows)
+    _adopt_csv_columns(loggers)
+
+
+def _peak_rss_mb() -> float | None:
+    """This process's peak resident memory so far (what the OS had to give the run), in MiB."""
+    try:
+        import resource
+    except ImportError:  # not on Windows
+        return None
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return round(peak / (1024 * 1024 if sys.platform == "darwin" else 1024), 1)  # bytes on macOS, KiB on Linux
+
+
 def run_stage(cfg: DictConfig) -> dict[str, Any]:
     """Train one stage as ``cfg`` says; return its results (also written to results.json)."""
     import lightning.pytorch as pl
     from lightning.pytorch.utilities.model_helpers import is_overridden
 
-    output_dir = Path(cfg.paths.output_dir)
-    claim_run_dir(output_dir, resuming=cfg.ckpt_path is not None)
+    plan = plan_resume(cfg.resume, cfg.ckpt_path, Path(cfg.paths.output_dir))
+    if plan.finished is not None:
+        return plan.finished
+    if str(plan.output_dir) != cfg.paths.output_dir:  # resume=<run dir>: the run goes on in its own directory
+        cfg.paths.output_dir = str(plan.output_dir)
+    output_dir = plan.output_dir
+    # Read as data only, before Lightning opens it: a damaged or code-carrying checkpoint stops here.
+    checkpoint = read_checkpoint(plan.ckpt_path, "ckpt_path" if cfg.ckpt_path else "resume") if plan.resuming else None
+    claim_run_dir(output_dir, resuming=cfg.resume is not None or cfg.ckpt_path is not None)
     pl.seed_everything(cfg.seed, workers=True)
 
     # Trainer first: a bad trainer/logger/callback setting fails before any data is tokenized.
-    loggers = _instantiate_loggers(cfg.logger, cfg.ckpt_path)
+    loggers = _instantiate_loggers(cfg.logger, checkpoint)
+    if checkpoint is not None and not is_secondary_rank():
+        _keep_csv_history(loggers, checkpoint["global_step"])
+    del checkpoint  # Lightning reads it again to restore
     cfg_hash = config_hash(cfg)
     agreement = RankAgreement(cfg_hash)
+    # Checkpoints written atomically (a kill mid-write keeps the previous one), unless the config
+    # brings its own checkpoint plugins.
+    plugins = {} if cfg.trainer.get("plugins") else {"plugins": [AtomicCheckpointIO()]}
     trainer = instantiate(cfg.trainer, logger=loggers or False,
-                          callbacks=[*_instantiate_group(cfg.callbacks), agreement])
+                          callbacks=[*_instantiate_group(cfg.callbacks), agreement], **plugins)
     spec = instantiate(cfg.model)
     export_dir = resolve_export_dir(spec.init_from) if spec.init_from else None
     datamodule = instantiate(cfg.data)
@@ -90,10 +153,13 @@ def run_stage(cfg: DictConfig) -> dict[str, Any]:
     # transfer=scratch keeps the checkpoint's tokenizer but not its weights: the from-scratch baseline.
     handoff = None
     if export_dir and cfg.transfer.mode != "scratch":
-        handoff = apply_handoff(module, str(export_dir), getattr(spec, "init_scope", "backbone"))
+        handoff = apply_handoff(module, str(export_dir), getattr(spec, "init_scope", "backbone"),
+                                getattr(spec, "allow_incomplete", False))
     transfer = apply_transfer(module, **cfg.transfer)
+    speed = apply_speed(module, **cfg.speed)
     if trainer.is_global_zero:
         save_config(cfg, output_dir)
+        write_run_record(output_dir, plan.ckpt_path)
         datamodule.save_processor(output_dir)
         if handoff:
             (output_dir / "handoff_report.json").write_text(json.dumps(handoff, indent=2))
@@ -107,13 +173,14 @@ def run_stage(cfg: DictConfig) -> dict[str, Any]:
     extracted = None
     try:
         if module.trains:
-            trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
+            _fit(trainer, module, datamodule, plan.ckpt_path)
             metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
             if cfg.test_after_fit and datamodule.has_test and is_overridden("test_step", module):
                 if trainer.is_global_zero:  # the CSV logger writes on rank 0 only
                     _adopt_csv_columns(loggers)
                 best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
-                tested = trainer.test(module, datamodule=datamodule, ckpt_path=best or None, verbose=False)
+                tested = trainer.test(module, datamodule=datamodule, ckpt_path=best or None, verbose=False,
+                                      weights_only=True)
                 metrics.update({k: float(v) for k, v in (tested[0] if tested else {}).items()})
         else:
             extracted, metrics = module.extract(trainer, datamodule, output_dir), {}
@@ -129,10 +196,15 @@ def run_stage(cfg: DictConfig) -> dict[str, Any]:
         "completed": not trainer.interrupted,
         "world_size": trainer.world_size,
         "transfer": transfer,
+        "speed": speed,
         "rank_config_hashes": agreement.rank_hashes,
         "metrics": metrics,
         "handoff": {k: len(v) for k, v in handoff.items() if isinstance(v, list)} if handoff else None,
     }
+    results["peak_rss_mb"] = _peak_rss_mb()
+    first_step = [c.time_to_first_step for c in trainer.callbacks if getattr(c, "time_to_first_step", None)]
+    if first_step:
+        results["time_to_first_step"] = first_step[0]
     if extracted is not None:
         results["features"] = extracted
     if trainer.is_global_zero:

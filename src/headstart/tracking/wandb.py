@@ -74,16 +74,3 @@ def attached_run_id(loggers) -> str | None:
             return logger.version
     return None
 
-
-def checkpoint_run_id(ckpt_path: str) -> str | None:
-    """The W&B run id a headstart checkpoint recorded, so a resumed run continues that W&B run."""
-    import torch
-
-    try:
-        # weights_only: reading a checkpoint must never run code from it; mmap: without reading it all.
-        checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=True, mmap=True)
-    except Exception as err:  # noqa: BLE001 - Lightning reports an unreadable checkpoint itself, next
-        log.warning("W&B: could not read the run id from %s (%s); the resumed run starts a new W&B run.",
-                     ckpt_path, type(err).__name__)
-        return None
-    return checkpoint.get("wandb_run_id") if isinstance(checkpoint, dict) else None

@@ -64,17 +64,24 @@ def _strip_prefix(key: str, prefix: str) -> str:
     return key[len(prefix) + 1:] if prefix and key.startswith(prefix + ".") else key
 
 
-def apply_handoff(module, init_from: str, scope: str = "backbone") -> dict[str, Any]:
+def apply_handoff(module, init_from: str, scope: str = "backbone", allow_incomplete: bool = False) -> dict[str, Any]:
     """Load the backbone weights of ``init_from`` into ``module.backbone``; return the hand-off report.
 
     Every backbone key must be in the source with the same shape; source keys that the backbone
     lacks (the pretraining objective's head) are ignored; parameters outside the backbone (the new
     task head) are newly initialised. Any mismatch stops with the keys and shapes that differ.
     With ``scope="embeddings"`` only the source's input embedding matrix is loaded, into the
-    backbone's (same vocabulary and dimension required); the rest of the backbone is new.
+    backbone's (same vocabulary and dimension required); the rest of the backbone is new. An export
+    of a pretraining that did not finish is refused unless ``allow_incomplete``.
     """
     export_dir = resolve_export_dir(init_from)
     meta = read_metadata(export_dir)
+    if meta.get("completed") is False and not allow_incomplete:
+        raise CheckpointError(
+            f"model.init_from={init_from!r}: the pretraining run that wrote {export_dir} did not finish (its "
+            f"{EXPORT_METADATA} says completed: false, at step {meta.get('global_step', '?')}). Resume that run "
+            "(resume=<its run directory>) or, to fine-tune from it anyway, set model.allow_incomplete=true."
+        )
     backbone = module.backbone
     if scope == "embeddings":
         source, target = _input_embeddings(backbone, export_dir, init_from)

@@ -1,0 +1,200 @@
+"""Language-model training throughput: ``train.py`` against a plain PyTorch loop and Hugging Face's
+``Trainer`` on the same model, data, batch, optimizer and schedule, measured side by side.
+
+For each objective (masked LM on a BERT, causal LM on a GPT-2) and each repeat, the three run one after
+another, so a busy machine slows all of them alike and the ratios stay meaningful. Tokens/s is what
+headstart's throughput monitor logs: non-padding tokens over the last ``WINDOW`` optimizer steps,
+taken every ``LOG_EVERY`` steps (the first window, with its warm-up, left out), median of the run; the
+plain loop and the Trainer are timed at the same points by the same rule.
+
+    python bench/lm_throughput.py            # both objectives, 3 repeats (about 6 min on 2 CPU cores)
+    python bench/lm_throughput.py --repeats 1 --objectives clm
+
+Writes bench/results/lm_throughput.json and the "lm_throughput" table of BENCHMARKS.md. Needs the
+``bench`` extra (accelerate, for the Trainer): ``pip install -e ".[bench]"``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import REPO, logged, machine, markdown_table, run_train, write_results  # noqa: E402
+
+CORPUS = REPO.parent / "shared" / "data" / "tinyshakespeare.txt"
+WINDOW, LOG_EVERY, WARMUP_RATIO, WEIGHT_DECAY = 20, 10, 0.06, 0.01
+# objective -> the model, tokenizer and settings all three systems use
+OBJECTIVES = {
+    "mlm": {"experiment": "text_mlm", "model": "bert_small", "tokenizer_type": "wordpiece", "batch_size": 32,
+            "lr": 5e-4, "steps": 50,
+            "arch": {"model_type": "bert", "hidden_size": 256, "num_hidden_layers": 4, "num_attention_heads": 4,
+                     "intermediate_size": 1024, "max_position_embeddings": 512}},
+    "clm": {"experiment": "text_clm", "model": "gpt_tiny", "tokenizer_type": "bpe", "batch_size": 32,
+            "lr": 5e-4, "steps": 50,
+            "arch": {"model_type": "gpt2", "n_embd": 256, "n_layer": 4, "n_head": 4, "n_positions": 512}},
+}
+MAX_LENGTH, VOCAB = 128, 8000
+
+
+def windowed_rates(step_times: list[float], step_tokens: list[int]) -> list[float]:
+    """Tokens/s at every LOG_EVERY-th step once WINDOW steps have ended, over the window of the last
+    WINDOW step ends: the rule of Lightning's ThroughputMonitor as headstart configures it.
+    ``step_times[i]``/``step_tokens[i]`` are the end time and tokens of step i (index 0: the start)."""
+    rates = []
+    for step in range(WINDOW, len(step_times), LOG_EVERY):
+        first = step - WINDOW + 1
+        rates.append(sum(step_tokens[first + 1: step + 1]) / (step_times[step] - step_times[first]))
+    return rates
+
+
+def prepared(objective: str, cache: Path):
+    """The data module (tokenizer and packed blocks, from train.py's cache), a fresh model and the
+    objective's collator, as headstart builds them."""
+    import torch
+
+    from headstart.backbones.text import TextBackboneSpec
+    from headstart.data.text_lm import TextLMDataModule
+    from headstart.objectives.causal_lm import CausalLanguageModeling
+    from headstart.objectives.masked_lm import MaskedLanguageModeling
+
+    spec = OBJECTIVES[objective]
+    data = TextLMDataModule(train_files=[str(CORPUS)], tokenizer_type=spec["tokenizer_type"], vocab_size=VOCAB,
+                            max_length=MAX_LENGTH, batch_size=spec["batch_size"], packing="blocks",
+                            cache_dir=str(cache), seed=42)
+    data.prepare()
+    backbone = TextBackboneSpec(arch=spec["arch"])
+    backbone.bind_tokenizer(data.tokenizer)
+    torch.manual_seed(42)
+    task = MaskedLanguageModeling if objective == "mlm" else CausalLanguageModeling
+    module = task(backbone, optimizer=functools.partial(torch.optim.AdamW, lr=spec["lr"]))
+    return data, module.net, module.build_collator(data.tokenizer)
+
+
+def plain_loop(objective: str, cache: Path) -> list[float]:
+    """What a researcher writes by hand: DataLoader, forward, ``.loss.backward()``, AdamW with the same
+    no-decay groups, the same linear warm-up schedule."""
+    import torch
+    from torch.utils.data import DataLoader
+    from transformers import get_linear_schedule_with_warmup
+
+    spec = OBJECTIVES[objective]
+    data, net, collator = prepared(objective, cache)
+    loader = DataLoader(data.datasets["train"], batch_size=spec["batch_size"], shuffle=True, collate_fn=collator)
+    groups = [{"params": [p for p in net.parameters() if p.ndim >= 2], "weight_decay": WEIGHT_DECAY},
+              {"params": [p for p in net.parameters() if p.ndim < 2], "weight_decay": 0.0}]
+    optimizer = torch.optim.AdamW(groups, lr=spec["lr"])
+    scheduler = get_linear_schedule_with_warmup(optimizer, int(WARMUP_RATIO * spec["steps"]), spec["steps"])
+    net.train()
+    times, tokens = [time.perf_counter()], [0]
+    while len(times) <= spec["steps"]:
+        for batch in loader:
+            loss = net(**{k: v for k, v in batch.items() if k != "special_tokens_mask"}).loss
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            tokens.append(int(batch["attention_mask"].sum()))
+            times.append(time.perf_counter())
+            if len(times) > spec["steps"]:
+                break
+    return windowed_rates(times, tokens)
+
+
+def hf_trainer(objective: str, cache: Path, output_dir: Path) -> list[float]:
+    """Hugging Face's Trainer with the same settings: no gradient clipping (train.py has none by
+    default), no evaluation or saving inside the timed steps, its default optimizer."""
+    from transformers import Trainer, TrainerCallback, TrainingArguments
+
+    spec = OBJECTIVES[objective]
+    data, net, collator = prepared(objective, cache)
+    times, tokens = [], [0]
+
+    class StepTimes(TrainerCallback):
+        def on_train_begin(self, args, state, control, **kwargs):
+            times.append(time.perf_counter())
+
+        def on_step_end(self, args, state, control, **kwargs):
+            times.append(time.perf_counter())
+
+    class CountingCollator:
+        def __call__(self, examples):
+            batch = collator(examples)
+            tokens.append(int(batch["attention_mask"].sum()))
+            return batch
+
+    args = TrainingArguments(
+        output_dir=str(output_dir), per_device_train_batch_size=spec["batch_size"], max_steps=spec["steps"],
+        learning_rate=spec["lr"], weight_decay=WEIGHT_DECAY, warmup_steps=int(WARMUP_RATIO * spec["steps"]),
+        lr_scheduler_type="linear", max_grad_norm=0.0, logging_steps=LOG_EVERY, save_strategy="no",
+        eval_strategy="no", report_to=[], use_cpu=True, dataloader_num_workers=0, seed=42, disable_tqdm=False,
+    )
+    Trainer(model=net, args=args, train_dataset=data.datasets["train"], data_collator=CountingCollator(),
+            callbacks=[StepTimes()]).train()
+    return windowed_rates(times, tokens[:len(times)])
+
+
+def headstart_run(objective: str, cache: Path, root: Path) -> tuple[list[float], dict]:
+    """``python train.py`` as a user runs it (default loggers and callbacks), the same settings."""
+    spec = OBJECTIVES[objective]
+    arch = [f"model.arch.{k}={v}" for k, v in spec["arch"].items() if k != "model_type"]
+    run_dir, wall = run_train([
+        f"experiment={spec['experiment']}", f"model={spec['model']}", *arch, "data=text_files",
+        f"data.train_files=[{CORPUS}]", f"data.tokenizer_type={spec['tokenizer_type']}", f"data.vocab_size={VOCAB}",
+        f"data.max_length={MAX_LENGTH}", f"data.batch_size={spec['batch_size']}", f"task.optimizer.lr={spec['lr']}",
+        f"trainer.max_steps={spec['steps']}", "trainer.limit_val_batches=0", "test_after_fit=false",
+        f"trainer.log_every_n_steps={LOG_EVERY}", f"paths.cache_dir={cache}",
+    ], root)
+    import json
+
+    results = json.loads((run_dir / "results.json").read_text())
+    return logged(run_dir, "train/device/items_per_sec"), {"wall_s": round(wall, 1), **results.get("time_to_first_step", {})}
+
+
+def spread(values: list[float]) -> str:
+    return f"{min(values):.3f}–{max(values):.3f}" if len(values) > 1 else "–"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--objectives", nargs="*", default=list(OBJECTIVES), choices=list(OBJECTIVES))
+    args = parser.parse_args()
+    if not CORPUS.exists():
+        sys.exit(f"{CORPUS} is missing: this benchmark trains on the shared tinyshakespeare text.")
+    work = Path(tempfile.mkdtemp(prefix="headstart-lm-bench-"))
+    cache = work / "cache"
+    rows, payload = [], {"machine": machine(), "window": WINDOW, "log_every": LOG_EVERY, "objectives": {}}
+    for objective in args.objectives:
+        prepared(objective, cache)  # tokenize once, outside the timings
+        repeats = []
+        for r in range(args.repeats):
+            rates = {"headstart": headstart_run(objective, cache, work / f"{objective}-{r}")[0],
+                     "plain": plain_loop(objective, cache),
+                     "hf_trainer": hf_trainer(objective, cache, work / f"{objective}-{r}-hf")}
+            medians = {system: statistics.median(values) for system, values in rates.items()}
+            repeats.append({"tokens_per_s": medians, "windows": rates})
+            print(objective, r, {k: round(v) for k, v in medians.items()}, flush=True)
+        vs_plain = [rep["tokens_per_s"]["headstart"] / rep["tokens_per_s"]["plain"] for rep in repeats]
+        vs_hf = [rep["tokens_per_s"]["headstart"] / rep["tokens_per_s"]["hf_trainer"] for rep in repeats]
+        mean = {s: statistics.mean(rep["tokens_per_s"][s] for rep in repeats) for s in ("headstart", "plain", "hf_trainer")}
+        payload["objectives"][objective] = {"settings": OBJECTIVES[objective], "repeats": repeats,
+                                            "ratio_vs_plain": vs_plain, "ratio_vs_hf_trainer": vs_hf}
+        rows.append([objective, OBJECTIVES[objective]["model"], mean["headstart"], mean["plain"], mean["hf_trainer"],
+                     f"{statistics.mean(vs_plain):.3f}", spread(vs_plain), f"{statistics.mean(vs_hf):.3f}", spread(vs_hf)])
+    table = markdown_table(["objective", "model", "headstart tok/s", "plain loop tok/s", "HF Trainer tok/s",
+                            "vs plain", "spread", "vs HF Trainer", "spread"], rows)
+    m = payload["machine"]
+    table += (f"\n\n{args.repeats} repeats, {m['cpu_count']} CPUs, torch {m['torch']}, {m['date']}; "
+              "`python bench/lm_throughput.py`.")
+    write_results("lm_throughput", payload, table)
+    print(table)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,102 @@
+"""Lightning checkpoints that survive kills and never run code: written atomically, read as data only."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import re
+from pathlib import Path
+from typing import Any
+
+import torch
+from lightning.pytorch.plugins.io import TorchCheckpointIO
+
+from headstart.errors import CheckpointError
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Write each checkpoint to a temporary file beside it, fsync it, then rename it over the target.
+
+    A process killed mid-write leaves the previous checkpoint (``last.ckpt`` included) whole: the
+    rename is atomic within a directory. Lightning's own writer stages the file in the system's temp
+    directory, which on another filesystem turns the rename into a copy that a kill can cut short.
+    Loading is Lightning's, always with ``weights_only=True``.
+    """
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options: Any = None) -> None:
+        if storage_options is not None:
+            raise TypeError(f"{type(self).__name__} takes no storage_options")
+        target = Path(path)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_name(f".{target.name}.tmp{os.getpid()}")
+        try:
+            with open(tmp, "wb") as f:
+                torch.save(checkpoint, f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, target)
+        finally:
+            tmp.unlink(missing_ok=True)
+        _fsync_dir(target.parent)  # the rename itself survives a power cut
+
+    def load_checkpoint(self, path, map_location: Any = None, weights_only: bool | None = None) -> dict[str, Any]:
+        return super().load_checkpoint(path, map_location=map_location or (lambda storage, loc: storage),
+                                       weights_only=True)
+
+
+def _fsync_dir(directory: Path) -> None:
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:  # not on every platform
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def read_checkpoint(path: str, setting: str = "ckpt_path") -> dict[str, Any]:
+    """A Lightning checkpoint's contents, read as data only (``weights_only=True``, memory-mapped).
+
+    A checkpoint is a pickle; one made to run code when unpickled is refused here, before Lightning
+    opens it, and so is a file that is missing, truncated or not a Lightning checkpoint. ``setting``
+    is the config key that named ``path``, for the message.
+    """
+    if not Path(path).is_file():
+        raise CheckpointError(f"{setting}={path!r} does not exist. Point it at a .ckpt file (a run's "
+                              "checkpoints/last.ckpt) or resume a run directory with resume=<its directory>.")
+    try:
+        checkpoint = _load_data_only(path)
+    except pickle.UnpicklingError as err:
+        raise CheckpointError(
+            f"{setting}={path!r} is not a plain checkpoint: loading it would call "
+            f"{_offending_call(err)}, and headstart never runs code from a checkpoint (torch.load with "
+            "weights_only=True). Use a checkpoint that headstart or Lightning wrote; if you trust this file, "
+            "re-save its state_dict with torch.save."
+        ) from None
+    except Exception as err:  # noqa: BLE001 - any other failure means the file is damaged
+        raise CheckpointError(
+            f"{setting}={path!r} could not be read ({type(err).__name__}: {str(err).splitlines()[0][:200]}); the "
+            "file is corrupt or truncated. Resume from another checkpoint of the run (checkpoints/*.ckpt)."
+        ) from None
+    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
+        raise CheckpointError(
+            f"{setting}={path!r} is not a Lightning checkpoint (it holds no state_dict). To start from exported "
+            "weights use model.init_from=<export dir>; to resume use a run's checkpoints/*.ckpt."
+        )
+    return checkpoint
+
+
+def _load_data_only(path: str) -> Any:
+    try:  # memory-mapped: checking a large checkpoint does not read it all
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except RuntimeError as err:
+        if "mmap" not in str(err):  # a file in torch's old (non-zip) format cannot be mapped
+            raise
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def _offending_call(err: pickle.UnpicklingError) -> str:
+    """The global the pickle asked for, as torch's message names it."""
+    found = re.search(r"GLOBAL ([\w.]+)", str(err))
+    return found.group(1) if found else "code outside the allowed tensor types"
