@@ -261,3 +261,15 @@ def test_garbage_safetensors_is_refused(pretrained, tokenizer, tmp_path):
     (broken / "model.safetensors").write_bytes(b"\x00" * 64)
     assert_refused_unchanged(classifier(tokenizer), str(broken), "corrupt or truncated")
 
+
+
+def test_unfinished_pretraining_is_refused_unless_allowed(pretrained, tokenizer, tmp_path):
+    _, export_dir = pretrained
+    unfinished = tmp_path / "unfinished"
+    shutil.copytree(export_dir, unfinished)
+    meta = json.loads((unfinished / EXPORT_METADATA).read_text())
+    (unfinished / EXPORT_METADATA).write_text(json.dumps({**meta, "completed": False, "global_step": 7}))
+    message = assert_refused_unchanged(classifier(tokenizer), str(unfinished), "did not finish")
+    assert "step 7" in message and "model.allow_incomplete=true" in message
+    report = apply_handoff(classifier(tokenizer), str(unfinished), allow_incomplete=True)
+    assert report["source_completed"] is False and report["loaded"]

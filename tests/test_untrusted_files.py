@@ -46,11 +46,11 @@ def test_read_checkpoint_refuses_code_and_names_it(malicious_checkpoint):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("setting", ["ckpt_path", "resume_file", "resume_dir"])
+@pytest.mark.parametrize("setting", ["ckpt_path", "resume"])
 def test_train_refuses_a_malicious_checkpoint(tmp_path, malicious_checkpoint, setting):
     path, marker = malicious_checkpoint
-    override = {"ckpt_path": f"ckpt_path={path}", "resume_file": f"resume={path}",
-                "resume_dir": f"resume={path.parent.parent}"}[setting]
+    # resume=<run dir> finds its checkpoints/last.ckpt, as resume=auto would.
+    override = f"ckpt_path={path}" if setting == "ckpt_path" else f"resume={path.parent.parent}"
     proc = run_train(["experiment=vision_classification", "logger=csv", override], tmp_path)
     assert_user_error(proc, str(path), "not a plain checkpoint", "system")
     assert not marker.exists(), "the checkpoint's code ran"

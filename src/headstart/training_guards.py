@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
+import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
@@ -25,29 +26,54 @@ def _checkpoint_dirs(trainer: pl.Trainer) -> list[Path]:
 
 
 class NonFiniteLossGuard(pl.Callback):
-    """Check every training loss. ``action=stop``: raise at the first NaN/inf, before a checkpoint of
-    the broken weights can be written (checkpoint callbacks run after this one), naming the step and
-    the last good checkpoint; ``action=warn``: log it and go on."""
+    """Check every training loss. ``action=stop``: raise at the first NaN/inf, naming its step and the
+    last good checkpoint; ``action=warn``: log it and go on.
 
-    def __init__(self, action: str = "stop") -> None:
+    On the CPU each loss is checked at its step, before the checkpoint callbacks (which run after this
+    one) could save the broken weights. On an accelerator, reading a loss waits for the device, so the
+    losses are read together every ``check_every_n_steps`` (default: the logging interval) and before
+    every checkpoint: a run may go on a few steps past the bad one, but never saves its weights.
+    """
+
+    def __init__(self, action: str = "stop", check_every_n_steps: int | None = None) -> None:
         if action not in _ACTIONS:
             raise ConfigError(f"callbacks.nan_guard.action={action!r} is not one of {', '.join(_ACTIONS)}.")
-        self.action = action
+        self.action, self.check_every_n_steps = action, check_every_n_steps
+        self._pending: list[tuple[str, torch.Tensor]] = []
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
         loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
-        if loss is None or math.isfinite(float(loss)):
+        if loss is None:  # manual optimization, or a skipped batch
             return
+        loss = torch.as_tensor(loss).detach()
         where = f"step {trainer.global_step} (epoch {trainer.current_epoch}, batch {batch_idx})"
+        self._pending.append((where, loss))
+        every = self.check_every_n_steps or trainer.log_every_n_steps or 1
+        if loss.device.type == "cpu" or len(self._pending) >= every:
+            self._check(trainer)
+
+    def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict) -> None:
+        self._check(trainer)
+
+    def _check(self, trainer: pl.Trainer) -> None:
+        if not self._pending:
+            return
+        pending, self._pending = self._pending, []
+        values = torch.stack([loss.float().reshape(()) for _, loss in pending]).cpu()
+        bad = [(where, value) for (where, _), value in zip(pending, values.tolist(), strict=True)
+               if not math.isfinite(value)]
+        if not bad:
+            return
+        where, value = bad[0]
         if self.action == "warn":
-            log.warning("The training loss is %s at %s; going on (callbacks.nan_guard.action=warn).", float(loss), where)
+            log.warning("The training loss is %s at %s; going on (callbacks.nan_guard.action=warn).", value, where)
             return
         found = [c for c in (latest_checkpoint(d.parent) for d in _checkpoint_dirs(trainer)) if c is not None]
         last = f"the last good checkpoint is {found[0]} (resume it with ckpt_path={found[0]})" if found else \
             "no checkpoint was written before it"
         raise TrainingError(
-            f"The training loss became {float(loss)} at {where}; {last}. Lower task.optimizer.lr, set "
+            f"The training loss became {value} at {where}; {last}. Lower task.optimizer.lr, set "
             "trainer.gradient_clip_val=1.0 or check the data for extreme values; callbacks.nan_guard.action=warn "
             "trains on regardless."
         )

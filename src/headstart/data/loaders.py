@@ -14,7 +14,7 @@ log = logging.getLogger(__name__)
 
 class SplitLoaders:
     """Mixed into a LightningDataModule that sets ``datasets`` (split -> dataset), ``batch_size``,
-    ``eval_batch_size``, ``collator``, ``num_workers`` and ``seed``."""
+    ``eval_batch_size``, ``collator`` and ``num_workers``."""
 
     #: Drop the last, smaller training batch (when more than one batch remains).
     drop_last_train = False
@@ -30,12 +30,12 @@ class SplitLoaders:
                         "batch of %d (one optimizer step). Lower data.batch_size for more steps per epoch.",
                         self.batch_size, len(dataset), len(dataset))
         sampler = self._length_grouped_sampler(dataset) if train and self.bucket_by_length else None
-        # One process: an order a resumed run continues mid-epoch. Several: Lightning puts in its
-        # DistributedSampler (seeded per epoch too, but a resumed run starts its epoch over).
+        # One process: shuffle=True's order, which a resumed run continues mid-epoch. Several: Lightning
+        # puts in its DistributedSampler (a resumed run starts its epoch over).
         trainer = getattr(self, "trainer", None)
         resumable = train and sampler is None and (trainer is None or trainer.world_size == 1)
         if resumable:
-            sampler = EpochShuffleSampler(len(dataset), self.seed)
+            sampler = EpochShuffleSampler(len(dataset))
         loader = (ResumableDataLoader if resumable else DataLoader)(
             dataset,
             batch_size=self.batch_size if train else self.eval_batch_size,

@@ -90,6 +90,9 @@ def run_pipeline(cfg: DictConfig) -> dict[str, Any]:
     of ``pipeline.label_fractions`` x ``pipeline.seeds`` with a label-efficiency report."""
     from hydra.core.hydra_config import HydraConfig
 
+    if cfg.resume not in (None, "auto"):
+        raise ConfigError(f"resume={cfg.resume!r} names one run, but a pipeline runs several. Use resume=auto with "
+                          "hydra.run.dir=<the pipeline's directory>: each stage goes on in its own subdirectory.")
     hydra_cfg = HydraConfig.get()
     out = Path(cfg.paths.output_dir)
     group = cfg.run_group or f"{cfg.task_name}-{out.name}"

@@ -1,0 +1,111 @@
+"""The bad-input catalogue: each mistake, walked through train.py, stops with one paragraph naming the
+bad value and the fix, a non-zero exit, no traceback, and an earlier run's outputs left as they were.
+
+Cases tested elsewhere, not repeated here: unknown or mistyped keys, wrong types, unknown group
+options (test_cli.py), missing and empty data files (test_cli.py, test_data.py), labels of the
+validation split unseen in training (test_data.py), answers or tags that do not fit their text
+(test_heads_qa.py, test_heads_token_regression.py), a checkpoint of another architecture
+(test_cli.py::test_mismatched_checkpoint), an unfinished pretraining (test_handoff.py), a checkpoint
+that would run code (test_untrusted_files.py), a directory that holds an earlier run (test_cli.py).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from conftest import TINY_MODEL, assert_user_error, make_mlm_export, only_run_dir, run_train
+
+pytestmark = pytest.mark.slow
+
+DIGITS = ["experiment=vision_classification", "logger=csv", "model.arch.hidden_sizes=[8,16,32]",
+          "trainer.max_epochs=1", "test_after_fit=false"]
+
+
+def _mlm(corpus: Path, train_file: Path | None = None) -> list[str]:
+    return ["experiment=text_mlm", "data=text_files", f"data.train_files=[{train_file or corpus / 'train.txt'}]",
+            f"data.val_files=[{corpus / 'val.txt'}]", "data.max_length=32", "data.vocab_size=300", "logger=csv",
+            *TINY_MODEL]
+
+
+def malformed_yaml(tmp: Path, corpus: Path):
+    (tmp / "my_conf" / "experiment").mkdir(parents=True)
+    (tmp / "my_conf" / "experiment" / "broken.yaml").write_text("trainer:\n  max_epochs: [3\n")
+    return ([f"hydra.searchpath=[file://{tmp / 'my_conf'}]", "experiment=broken"],
+            ["broken", "not valid YAML", "line 3"])
+
+
+def bad_override_syntax(tmp: Path, corpus: Path):
+    return ["trainer.max_epochs=[1,"], ["'[1,'", "override_grammar"]
+
+
+def binary_data_file(tmp: Path, corpus: Path):
+    binary = tmp / "binary.txt"
+    binary.write_bytes(bytes(range(128, 256)) * 40)
+    return _mlm(corpus, binary), [str(binary), "UTF-8"]
+
+
+def sequences_longer_than_the_model(tmp: Path, corpus: Path):
+    return [*_mlm(corpus), "data.max_length=128"], ["data.max_length=128", "64 positions"]
+
+
+def truncated_checkpoint(tmp: Path, corpus: Path):
+    ckpt = tmp / "half.ckpt"
+    ckpt.write_bytes(b"PK\x03\x04" + b"\x00" * 1000)
+    return [*DIGITS, f"ckpt_path={ckpt}"], [f"ckpt_path='{ckpt}'", "corrupt or truncated"]
+
+
+def not_a_lightning_checkpoint(tmp: Path, corpus: Path):
+    import torch
+
+    weights = tmp / "weights.pt"
+    torch.save({"conv.weight": torch.zeros(2, 2)}, weights)
+    return [*DIGITS, f"resume={weights}"], [f"resume='{weights}'", "not a Lightning checkpoint", "model.init_from"]
+
+
+def truncated_export_weights(tmp: Path, corpus: Path):
+    lines = (corpus / "train.txt").read_text().splitlines()
+    arch = {"model_type": "bert", **{k.split(".")[-1].split("=")[0]: int(k.split("=")[1]) for k in TINY_MODEL}}
+    export = make_mlm_export(lines, arch, tmp / "export")
+    weights = export / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:2000])
+    return ["experiment=text_classification", "data=text_classification_files", "logger=csv",
+            f"data.train_files=[{corpus / 'cls_train.jsonl'}]", f"data.val_files=[{corpus / 'cls_val.jsonl'}]",
+            "data.max_length=32", *TINY_MODEL, f"model.init_from={export}"], [str(weights), "corrupt or truncated"]
+
+
+def nan_loss(tmp: Path, corpus: Path):
+    return ([*DIGITS, "task.optimizer.lr=1e12", "callbacks.step_checkpoint.every_n_train_steps=2"],
+            ["training loss became nan at step", "last good checkpoint is", "last.ckpt", "task.optimizer.lr",
+             "callbacks.nan_guard.action=warn"])
+
+
+CASES = [malformed_yaml, bad_override_syntax, binary_data_file, sequences_longer_than_the_model, truncated_checkpoint,
+         not_a_lightning_checkpoint, truncated_export_weights, nan_loss]
+
+
+@pytest.fixture
+def earlier_run(tmp_path) -> dict[Path, tuple[bytes, int]]:
+    """A finished run under the same outputs/ as the failing command; its files' bytes and times."""
+    run_dir = tmp_path / "outputs" / "2020-01-01" / "00-00-00-000000"
+    (run_dir / "checkpoints").mkdir(parents=True)
+    (run_dir / "results.json").write_text(json.dumps({"completed": True, "metrics": {"val/acc": 0.9}}))
+    (run_dir / "checkpoints" / "last.ckpt").write_bytes(b"earlier weights")
+    return {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in run_dir.rglob("*") if p.is_file()}
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda case: case.__name__)
+def test_bad_input_is_one_clear_error(case, tmp_path, corpus_dir, shared_cache, earlier_run):
+    args, fragments = case(tmp_path, corpus_dir)
+    proc = run_train(args, tmp_path, shared_cache)
+    assert_user_error(proc, *fragments)
+    run_dir = next(iter(earlier_run)).parent
+    assert {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in run_dir.rglob("*") if p.is_file()} == earlier_run
+
+
+def test_batch_larger_than_the_data_trains_one_batch_an_epoch_and_says_so(tmp_path):
+    proc = run_train([*DIGITS, "data.batch_size=5000"], tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "data.batch_size=5000 is larger than the 1257 training examples" in proc.stdout
+    assert json.loads((only_run_dir(tmp_path) / "results.json").read_text())["global_step"] == 1
