@@ -5,7 +5,7 @@ Cases tested elsewhere, not repeated here: unknown or mistyped keys, wrong types
 options (test_cli.py), missing and empty data files (test_cli.py, test_data.py), labels of the
 validation split unseen in training (test_data.py), answers or tags that do not fit their text
 (test_heads_qa.py, test_heads_token_regression.py), a checkpoint of another architecture
-(test_cli.py::test_mismatched_checkpoint), an unfinished pretraining (test_handoff.py), a checkpoint
+(test_cli.py, mismatched_checkpoint), an unfinished pretraining (test_handoff.py), a checkpoint
 that would run code (test_untrusted_files.py), a directory that holds an earlier run (test_cli.py).
 """
 
@@ -85,23 +85,36 @@ CASES = [malformed_yaml, bad_override_syntax, binary_data_file, sequences_longer
          not_a_lightning_checkpoint, truncated_export_weights, nan_loss]
 
 
-@pytest.fixture
-def earlier_run(tmp_path) -> dict[Path, tuple[bytes, int]]:
+def _earlier_run(root: Path) -> dict[Path, tuple[bytes, int]]:
     """A finished run under the same outputs/ as the failing command; its files' bytes and times."""
-    run_dir = tmp_path / "outputs" / "2020-01-01" / "00-00-00-000000"
+    run_dir = root / "outputs" / "2020-01-01" / "00-00-00-000000"
     (run_dir / "checkpoints").mkdir(parents=True)
     (run_dir / "results.json").write_text(json.dumps({"completed": True, "metrics": {"val/acc": 0.9}}))
     (run_dir / "checkpoints" / "last.ckpt").write_bytes(b"earlier weights")
     return {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in run_dir.rglob("*") if p.is_file()}
 
 
+@pytest.fixture(scope="module")
+def outcomes(tmp_path_factory, corpus_dir, shared_cache) -> dict[str, tuple]:
+    """Every case's train.py run, two at a time: each waits mostly on its own imports, one core each."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def run(case):
+        root = tmp_path_factory.mktemp(case.__name__)
+        earlier = _earlier_run(root)
+        args, fragments = case(root, corpus_dir)
+        return case.__name__, (run_train(args, root, shared_cache), fragments, earlier)
+
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        return dict(pool.map(run, CASES))
+
+
 @pytest.mark.parametrize("case", CASES, ids=lambda case: case.__name__)
-def test_bad_input_is_one_clear_error(case, tmp_path, corpus_dir, shared_cache, earlier_run):
-    args, fragments = case(tmp_path, corpus_dir)
-    proc = run_train(args, tmp_path, shared_cache)
+def test_bad_input_is_one_clear_error(case, outcomes):
+    proc, fragments, earlier = outcomes[case.__name__]
     assert_user_error(proc, *fragments)
-    run_dir = next(iter(earlier_run)).parent
-    assert {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in run_dir.rglob("*") if p.is_file()} == earlier_run
+    run_dir = next(iter(earlier)).parent
+    assert {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in run_dir.rglob("*") if p.is_file()} == earlier
 
 
 def test_batch_larger_than_the_data_trains_one_batch_an_epoch_and_says_so(tmp_path):

@@ -7,6 +7,7 @@ import resource
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 from conftest import REPO, TINY_MODEL, TRAIN, assert_user_error, run_train
@@ -53,13 +54,6 @@ def test_cfg_job_prints_the_composed_config():
     assert "max_epochs: 3" in proc.stdout and "pipeline:" in proc.stdout and "_target_:" in proc.stdout
 
 
-@pytest.fixture
-def labeled_args(corpus_dir):
-    return ["experiment=text_classification", "data=text_classification_files", "logger=csv",
-            f"data.train_files=[{corpus_dir / 'cls_train.jsonl'}]", f"data.val_files=[{corpus_dir / 'cls_val.jsonl'}]",
-            "data.max_length=32", *TINY_MODEL]
-
-
 def test_unknown_override(tmp_path):
     assert_user_error(run_train(["trainer.max_epoch=3"], tmp_path), "max_epoch")
 
@@ -72,45 +66,59 @@ def test_unknown_group_option(tmp_path):
     assert_user_error(run_train(["model=bert_huge"], tmp_path), "bert_huge", "bert_tiny")
 
 
-def test_unknown_arch_field(tmp_path, labeled_args):
-    proc = run_train([*labeled_args, "+model.arch.hiden_size=64"], tmp_path)
-    assert_user_error(proc, "model.arch.hiden_size", "hidden_size")
+# -- user mistakes that get as far as the run: each case is (train.py arguments, fragments of the
+# message); the module runs them two at a time (each mostly waits on its own imports) ----------------
+def _labeled(corpus: Path) -> list[str]:
+    return ["experiment=text_classification", "data=text_classification_files", "logger=csv",
+            f"data.train_files=[{corpus / 'cls_train.jsonl'}]", f"data.val_files=[{corpus / 'cls_val.jsonl'}]",
+            "data.max_length=32", *TINY_MODEL]
 
 
-def test_missing_mandatory_value(tmp_path):
-    assert_user_error(run_train(["experiment=text_mlm", "data=text_files"], tmp_path), "data.train_files")
+def unknown_arch_field(tmp, corpus, wide):
+    return [*_labeled(corpus), "+model.arch.hiden_size=64"], ["model.arch.hiden_size", "hidden_size"]
 
 
-def test_missing_data_path(tmp_path):
-    missing = tmp_path / "nope.txt"
-    proc = run_train(["experiment=text_mlm", "data=text_files", f"data.train_files=[{missing}]"], tmp_path)
-    assert_user_error(proc, str(missing), "does not exist")
+def missing_mandatory_value(tmp, corpus, wide):
+    return ["experiment=text_mlm", "data=text_files"], ["data.train_files"]
 
 
-def test_empty_data_file(tmp_path):
-    empty = tmp_path / "empty.txt"
+def missing_data_path(tmp, corpus, wide):
+    missing = tmp / "nope.txt"
+    return ["experiment=text_mlm", "data=text_files", f"data.train_files=[{missing}]"], [str(missing), "does not exist"]
+
+
+def empty_data_file(tmp, corpus, wide):
+    empty = tmp / "empty.txt"
     empty.write_text("")
-    proc = run_train(["experiment=text_mlm", "data=text_files", f"data.train_files=[{empty}]"], tmp_path)
-    assert_user_error(proc, "empty")
+    return ["experiment=text_mlm", "data=text_files", f"data.train_files=[{empty}]"], ["empty"]
 
 
-def test_blank_data_file(tmp_path):
-    blank = tmp_path / "blank.txt"
+def blank_data_file(tmp, corpus, wide):
+    blank = tmp / "blank.txt"
     blank.write_text("\n   \n\n")
-    proc = run_train(["experiment=text_mlm", "data=text_files", f"data.train_files=[{blank}]"], tmp_path)
-    assert_user_error(proc, "no non-empty text")
+    return ["experiment=text_mlm", "data=text_files", f"data.train_files=[{blank}]"], ["no non-empty text"]
 
 
-def test_stage_override_refused_in_pipeline(tmp_path):
-    assert_user_error(run_train(["data.batch_size=8"], tmp_path), "pipeline.pretrain.overrides")
+def stage_override_refused_in_pipeline(tmp, corpus, wide):
+    return ["data.batch_size=8"], ["pipeline.pretrain.overrides"]
 
 
-def test_offline_hub_name_fails_fast(tmp_path, labeled_args):
-    start = time.perf_counter()
-    args = [a for a in labeled_args if not a.startswith("model.")]
-    proc = run_train([*args, "model=hf_dir", "model.name_or_path=some-org/some-model"], tmp_path)
-    assert_user_error(proc, "some-org/some-model", "cannot be reached")
-    assert time.perf_counter() - start < 30
+def offline_hub_name(tmp, corpus, wide):
+    args = [a for a in _labeled(corpus) if not a.startswith("model.")]
+    return [*args, "model=hf_dir", "model.name_or_path=some-org/some-model"], ["some-org/some-model", "cannot be reached"]
+
+
+def mismatched_checkpoint(tmp, corpus, wide):
+    return [*_labeled(corpus), f"model.init_from={wide}"], ["does not fit", "embeddings.word_embeddings.weight", "48", "32"]
+
+
+def init_from_without_export(tmp, corpus, wide):
+    (tmp / "not_a_run").mkdir()
+    return [*_labeled(corpus), f"model.init_from={tmp / 'not_a_run'}"], ["holds no exported model"]
+
+
+MISTAKES = [unknown_arch_field, missing_mandatory_value, missing_data_path, empty_data_file, blank_data_file,
+            stage_override_refused_in_pipeline, offline_hub_name, mismatched_checkpoint, init_from_without_export]
 
 
 @pytest.fixture(scope="module")
@@ -130,24 +138,36 @@ def wide_export(tmp_path_factory, corpus_dir):
     return out
 
 
-def test_mismatched_checkpoint(tmp_path, labeled_args, wide_export):
-    proc = run_train([*labeled_args, f"model.init_from={wide_export}"], tmp_path)
-    assert_user_error(proc, "does not fit", "embeddings.word_embeddings.weight", "(", "48", "32")
+@pytest.fixture(scope="module")
+def mistakes(tmp_path_factory, corpus_dir, wide_export) -> dict[str, tuple]:
+    from concurrent.futures import ThreadPoolExecutor
+
+    def run(case):
+        root = tmp_path_factory.mktemp(case.__name__)
+        args, fragments = case(root, corpus_dir, wide_export)
+        start = time.perf_counter()
+        proc = run_train(args, root)
+        return case.__name__, (proc, fragments, time.perf_counter() - start)
+
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        return dict(pool.map(run, MISTAKES))
 
 
-def test_init_from_without_export(tmp_path, labeled_args):
-    (tmp_path / "not_a_run").mkdir()
-    proc = run_train([*labeled_args, f"model.init_from={tmp_path / 'not_a_run'}"], tmp_path)
-    assert_user_error(proc, "holds no exported model")
+@pytest.mark.parametrize("case", MISTAKES, ids=lambda case: case.__name__)
+def test_user_mistake_is_one_clear_error(case, mistakes):
+    proc, fragments, seconds = mistakes[case.__name__]
+    assert_user_error(proc, *fragments)
+    if case is offline_hub_name:
+        assert seconds < 30  # fails fast, without waiting on the network
 
 
-def test_existing_run_dir_is_never_overwritten(tmp_path, labeled_args):
+def test_existing_run_dir_is_never_overwritten(tmp_path, corpus_dir):
     run_dir = tmp_path / "earlier_run"
     (run_dir / "checkpoints").mkdir(parents=True)
     results = run_dir / "results.json"
     results.write_text(json.dumps({"metrics": {"test/acc": 0.9}}))
     before = results.stat().st_mtime_ns
-    proc = run_train([*labeled_args, f"hydra.run.dir={run_dir}"], tmp_path)
+    proc = run_train([*_labeled(corpus_dir), f"hydra.run.dir={run_dir}"], tmp_path)
     assert_user_error(proc, "already holds", str(run_dir))
     assert results.stat().st_mtime_ns == before
     assert sorted(p.name for p in run_dir.iterdir()) == ["checkpoints", "results.json"]

@@ -55,7 +55,8 @@ def test_summary_and_plot_show_both_curves_with_labels_and_legend(tmp_path, monk
 @pytest.mark.slow
 def test_label_efficiency_pipeline_runs_every_fraction_and_seed(tmp_path):
     proc = run_train([
-        "experiment=label_efficiency", "logger=default", "model.arch.hidden_sizes=[16,32,64]",
+        # The small CNN (the default is a tiny ViT), made smaller: the mechanics are what is tested here.
+        "experiment=label_efficiency", "logger=default", "model=cnn_small", "model.arch.hidden_sizes=[16,32,64]",
         'pipeline.pretrain.overrides=["trainer.max_epochs=2"]',
         # 19 batches: one epoch of all the labels (the last, partial batch is dropped).
         'pipeline.finetune.overrides=["trainer.max_steps=19","trainer.max_epochs=null"]',

@@ -177,7 +177,8 @@ def test_multirun_with_ddp_spawn_trains_each_job_on_two_processes(tmp_path):
     """What the refusal above points to: ddp_spawn starts each job's processes inside that job."""
     proc = run_train(["-m", "experiment=vision_dae", "model.arch.hidden_sizes=[8,16]", "trainer=ddp",
                       "trainer.strategy=ddp_spawn", "trainer.accelerator=cpu", "trainer.devices=2",
-                      "trainer.max_epochs=1", "logger=default", "seed=1,2"], tmp_path)
+                      "trainer.max_epochs=1", "trainer.limit_train_batches=3", "trainer.limit_val_batches=2",
+                      "trainer.limit_test_batches=2", "logger=default", "seed=1,2"], tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     jobs = sorted(tmp_path.glob("outputs/multirun/*/*/*/results.json"))
     assert len(jobs) == 2
