@@ -7,7 +7,7 @@ headstart's throughput monitor logs: non-padding tokens over the last ``WINDOW``
 taken every ``LOG_EVERY`` steps (the first window, with its warm-up, left out), median of the run; the
 plain loop and the Trainer are timed at the same points by the same rule.
 
-    python bench/lm_throughput.py            # both objectives, 3 repeats (about 6 min on 2 CPU cores)
+    python bench/lm_throughput.py            # both objectives, 3 repeats (about 8 min on 2 CPU cores)
     python bench/lm_throughput.py --repeats 1 --objectives clm
 
 Writes bench/results/lm_throughput.json and the "lm_throughput" table of BENCHMARKS.md. Needs the
@@ -31,12 +31,12 @@ CORPUS = REPO.parent / "shared" / "data" / "tinyshakespeare.txt"
 WINDOW, LOG_EVERY, WARMUP_RATIO, WEIGHT_DECAY = 20, 10, 0.06, 0.01
 # objective -> the model, tokenizer and settings all three systems use
 OBJECTIVES = {
-    "mlm": {"experiment": "text_mlm", "model": "bert_small", "tokenizer_type": "wordpiece", "batch_size": 32,
-            "lr": 5e-4, "steps": 50,
+    "mlm": {"experiment": "text_mlm", "model": "bert_small", "tokenizer_type": "wordpiece", "batch_size": 16,
+            "lr": 5e-4, "steps": 40,
             "arch": {"model_type": "bert", "hidden_size": 256, "num_hidden_layers": 4, "num_attention_heads": 4,
                      "intermediate_size": 1024, "max_position_embeddings": 512}},
-    "clm": {"experiment": "text_clm", "model": "gpt_tiny", "tokenizer_type": "bpe", "batch_size": 32,
-            "lr": 5e-4, "steps": 50,
+    "clm": {"experiment": "text_clm", "model": "gpt_tiny", "tokenizer_type": "bpe", "batch_size": 16,
+            "lr": 5e-4, "steps": 40,
             "arch": {"model_type": "gpt2", "n_embd": 256, "n_layer": 4, "n_head": 4, "n_positions": 512}},
 }
 MAX_LENGTH, VOCAB = 128, 8000

@@ -28,12 +28,12 @@ from common import (  # noqa: E402
     write_results,  # noqa: E402
 )
 
-TEXT = ["experiment=text_mlm", "model=bert_small", "trainer.max_steps=40", "trainer.limit_val_batches=0",
+TEXT = ["experiment=text_mlm", "model=bert_small", "data.batch_size=16", "trainer.max_steps=30", "trainer.limit_val_batches=0",
         "test_after_fit=false", "logger=csv", "trainer.enable_progress_bar=false"]
 LINES = [*TEXT, "data.packing=lines"]
 VISION = ["experiment=vision_classification", "trainer.max_epochs=3", "logger=csv", "trainer.enable_progress_bar=false",
           "data.batch_size=128"]
-CLM = ["experiment=text_clm", "model.arch.n_embd=256", "model.arch.n_layer=4", "trainer.max_steps=60",
+CLM = ["experiment=text_clm", "model.arch.n_embd=256", "model.arch.n_layer=4", "data.batch_size=16", "trainer.max_steps=40",
        "trainer.limit_val_batches=0", "test_after_fit=false", "logger=csv", "trainer.enable_progress_bar=false"]
 # name -> (what it is, base overrides, off, on, the metric compared)
 SWITCHES = {
@@ -53,9 +53,9 @@ SWITCHES = {
              ["trainer.precision=bf16-mixed"], "samples"),
     "workers": ("2 data-loader workers vs 0 (data.num_workers)", TEXT, ["data.num_workers=0"],
                 ["data.num_workers=2"], "items"),
-    "ddp": ("DDP, 2 CPU processes vs 1, same global batch 32 (per-process batch 16 vs 32)", TEXT,
-            ["trainer.devices=1", "data.batch_size=32"],
-            ["trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", "data.batch_size=16"], "items"),
+    "ddp": ("DDP, 2 CPU processes vs 1, same global batch 16 (per-process batch 8 vs 16)", TEXT,
+            ["trainer.devices=1", "data.batch_size=16"],
+            ["trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", "data.batch_size=8"], "items"),
 }
 
 

@@ -56,10 +56,15 @@ class CausalLanguageModeling(HeadstartModule):
         return DataCollatorForLanguageModeling(tokenizer, mlm=False)
 
     def forward(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Next-token loss, with the logits of positions 0..L-2 and their targets (tokens 1..L-1)."""
+        """Next-token loss, with the logits of every position and each one's target: the next token
+        (-100, ignored, at the last position).
+
+        The targets are shifted, not the logits: slicing off the last position of the (B, L, vocab)
+        logits would make the loss copy them, the largest tensor of a small model's step.
+        """
         inputs = {k: batch[k] for k in ("input_ids", "attention_mask") if k in batch}
-        logits = self.net(**inputs).logits[:, :-1]
-        target = batch["labels"][:, 1:]
+        logits = self.net(**inputs).logits
+        target = F.pad(batch["labels"][:, 1:], (0, 1), value=-100)
         return F.cross_entropy(logits.float().flatten(0, 1), target.flatten(), ignore_index=-100), logits, target
 
     def training_step(self, batch, batch_idx):
