@@ -35,6 +35,14 @@ def machine() -> dict:
     }
 
 
+def chosen(parser, names: list[str], known, what: str) -> list[str]:
+    """The ``names`` given on the command line, all of ``known`` when none; an unknown one is an error."""
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        parser.error(f"unknown {what} {unknown}; choose from {', '.join(known)}")
+    return names or list(known)
+
+
 def run_train(args: list[str], root: Path, timeout: int = 1800,
               results_glob: str = "outputs/*/*/results.json") -> tuple[Path, float]:
     """Run ``python train.py`` with outputs under ``root``; return the run directory (where

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import json
 import statistics
 import sys
 import tempfile
@@ -25,17 +26,17 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import REPO, logged, machine, markdown_table, run_train, write_results  # noqa: E402
+from common import REPO, RESULTS, logged, machine, markdown_table, run_train, write_results  # noqa: E402
 
 CORPUS = REPO.parent / "shared" / "data" / "tinyshakespeare.txt"
 WINDOW, LOG_EVERY, WARMUP_RATIO, WEIGHT_DECAY = 20, 10, 0.06, 0.01
 # objective -> the model, tokenizer and settings all three systems use
 OBJECTIVES = {
-    "mlm": {"experiment": "text_mlm", "model": "bert_small", "tokenizer_type": "wordpiece", "batch_size": 16,
+    "mlm": {"experiment": "text_mlm", "model": "bert_small", "label": "BERT, 4 layers x 256", "tokenizer_type": "wordpiece", "batch_size": 16,
             "lr": 5e-4, "steps": 40,
             "arch": {"model_type": "bert", "hidden_size": 256, "num_hidden_layers": 4, "num_attention_heads": 4,
                      "intermediate_size": 1024, "max_position_embeddings": 512}},
-    "clm": {"experiment": "text_clm", "model": "gpt_tiny", "tokenizer_type": "bpe", "batch_size": 16,
+    "clm": {"experiment": "text_clm", "model": "gpt_tiny", "label": "GPT-2, 4 layers x 256", "tokenizer_type": "bpe", "batch_size": 16,
             "lr": 5e-4, "steps": 40,
             "arch": {"model_type": "gpt2", "n_embd": 256, "n_layer": 4, "n_head": 4, "n_positions": 512}},
 }
@@ -150,8 +151,6 @@ def headstart_run(objective: str, cache: Path, root: Path) -> tuple[list[float],
         f"trainer.max_steps={spec['steps']}", "trainer.limit_val_batches=0", "test_after_fit=false",
         f"trainer.log_every_n_steps={LOG_EVERY}", f"paths.cache_dir={cache}",
     ], root)
-    import json
-
     results = json.loads((run_dir / "results.json").read_text())
     return logged(run_dir, "train/device/items_per_sec"), {"wall_s": round(wall, 1), **results.get("time_to_first_step", {})}
 
@@ -160,16 +159,39 @@ def spread(values: list[float]) -> str:
     return f"{min(values):.3f}–{max(values):.3f}" if len(values) > 1 else "–"
 
 
+def table(payload: dict) -> str:
+    """Median tokens/s of each system and the median ratio over the repeats (a shared machine has
+    outliers), with the range of the ratios."""
+    rows = []
+    for objective, result in payload["objectives"].items():
+        speeds = {s: statistics.median(rep["tokens_per_s"][s] for rep in result["repeats"])
+                  for s in ("headstart", "plain", "hf_trainer")}
+        vs_plain, vs_hf = result["ratio_vs_plain"], result["ratio_vs_hf_trainer"]
+        rows.append([objective, result["settings"].get("label", result["settings"]["model"]), speeds["headstart"], speeds["plain"], speeds["hf_trainer"],
+                     f"{statistics.median(vs_plain):.3f}", spread(vs_plain), f"{statistics.median(vs_hf):.3f}",
+                     spread(vs_hf)])
+    m, repeats = payload["machine"], len(next(iter(payload["objectives"].values()))["repeats"])
+    return markdown_table(["objective", "model", "headstart tok/s", "plain loop tok/s", "HF Trainer tok/s",
+                           "vs plain", "range", "vs HF Trainer", "range"], rows) + (
+        f"\n\nMedians of {repeats} repeats, {m['cpu_count']} CPUs, torch {m['torch']}, {m['date']}; "
+        "`python bench/lm_throughput.py`.")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--objectives", nargs="*", default=list(OBJECTIVES), choices=list(OBJECTIVES))
+    parser.add_argument("--table-only", action="store_true", help="rewrite the table from the saved results")
     args = parser.parse_args()
+    if args.table_only:
+        payload = json.loads((RESULTS / "lm_throughput.json").read_text())
+        write_results("lm_throughput", payload, table(payload))
+        return
     if not CORPUS.exists():
         sys.exit(f"{CORPUS} is missing: this benchmark trains on the shared tinyshakespeare text.")
     work = Path(tempfile.mkdtemp(prefix="headstart-lm-bench-"))
     cache = work / "cache"
-    rows, payload = [], {"machine": machine(), "window": WINDOW, "log_every": LOG_EVERY, "objectives": {}}
+    payload = {"machine": machine(), "window": WINDOW, "log_every": LOG_EVERY, "objectives": {}}
     for objective in args.objectives:
         prepared(objective, cache)  # tokenize once, outside the timings
         repeats = []
@@ -180,20 +202,13 @@ def main() -> None:
             medians = {system: statistics.median(values) for system, values in rates.items()}
             repeats.append({"tokens_per_s": medians, "windows": rates})
             print(objective, r, {k: round(v) for k, v in medians.items()}, flush=True)
-        vs_plain = [rep["tokens_per_s"]["headstart"] / rep["tokens_per_s"]["plain"] for rep in repeats]
-        vs_hf = [rep["tokens_per_s"]["headstart"] / rep["tokens_per_s"]["hf_trainer"] for rep in repeats]
-        mean = {s: statistics.mean(rep["tokens_per_s"][s] for rep in repeats) for s in ("headstart", "plain", "hf_trainer")}
-        payload["objectives"][objective] = {"settings": OBJECTIVES[objective], "repeats": repeats,
-                                            "ratio_vs_plain": vs_plain, "ratio_vs_hf_trainer": vs_hf}
-        rows.append([objective, OBJECTIVES[objective]["model"], mean["headstart"], mean["plain"], mean["hf_trainer"],
-                     f"{statistics.mean(vs_plain):.3f}", spread(vs_plain), f"{statistics.mean(vs_hf):.3f}", spread(vs_hf)])
-    table = markdown_table(["objective", "model", "headstart tok/s", "plain loop tok/s", "HF Trainer tok/s",
-                            "vs plain", "spread", "vs HF Trainer", "spread"], rows)
-    m = payload["machine"]
-    table += (f"\n\n{args.repeats} repeats, {m['cpu_count']} CPUs, torch {m['torch']}, {m['date']}; "
-              "`python bench/lm_throughput.py`.")
-    write_results("lm_throughput", payload, table)
-    print(table)
+        payload["objectives"][objective] = {
+            "settings": OBJECTIVES[objective], "repeats": repeats,
+            "ratio_vs_plain": [rep["tokens_per_s"]["headstart"] / rep["tokens_per_s"]["plain"] for rep in repeats],
+            "ratio_vs_hf_trainer": [rep["tokens_per_s"]["headstart"] / rep["tokens_per_s"]["hf_trainer"]
+                                    for rep in repeats]}
+    write_results("lm_throughput", payload, table(payload))
+    print(table(payload))
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import logged, machine, markdown_table, median, run_train, write_results  # noqa: E402
+from common import chosen, logged, machine, markdown_table, median, run_train, write_results  # noqa: E402
 
 # experiment -> (objective, what an item is)
 OBJECTIVES = {
@@ -62,10 +62,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("experiments", nargs="*", metavar="EXPERIMENT", help=f"some of: {', '.join(OBJECTIVES)}")
     args = parser.parse_args()
-    unknown = [e for e in args.experiments if e not in OBJECTIVES]
-    if unknown:
-        parser.error(f"unknown experiments {unknown}; choose from {', '.join(OBJECTIVES)}")
-    args.experiments = args.experiments or list(OBJECTIVES)
+    args.experiments = chosen(parser, args.experiments, OBJECTIVES, "experiments")
     rows = []
     with tempfile.TemporaryDirectory(prefix="bench-objectives-") as tmp:
         root, teacher = Path(tmp), None

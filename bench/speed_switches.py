@@ -19,14 +19,7 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import (  # noqa: E402
-    logged,
-    machine,
-    markdown_table,
-    median,
-    run_train,
-    write_results,  # noqa: E402
-)
+from common import chosen, logged, machine, markdown_table, median, run_train, write_results  # noqa: E402
 
 TEXT = ["experiment=text_mlm", "model=bert_small", "data.batch_size=16", "trainer.max_steps=30", "trainer.limit_val_batches=0",
         "test_after_fit=false", "logger=csv", "trainer.enable_progress_bar=false"]
@@ -79,8 +72,9 @@ def measure(name: str, root: Path, cache: Path) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("switches", nargs="*", default=list(SWITCHES), choices=list(SWITCHES))
+    parser.add_argument("switches", nargs="*", metavar="SWITCH", help=f"any of {', '.join(SWITCHES)} (default: all)")
     args = parser.parse_args()
+    args.switches = chosen(parser, args.switches, SWITCHES, "switches")
     work = Path(tempfile.mkdtemp(prefix="headstart-switches-"))
     rows = []
     for name in args.switches:

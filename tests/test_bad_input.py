@@ -15,7 +15,7 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import TINY_MODEL, assert_user_error, make_mlm_export, only_run_dir, run_train
+from conftest import TINY_MODEL, assert_user_error, make_mlm_export, only_run_dir, run_train, two_at_a_time
 
 pytestmark = pytest.mark.slow
 
@@ -96,17 +96,14 @@ def _earlier_run(root: Path) -> dict[Path, tuple[bytes, int]]:
 
 @pytest.fixture(scope="module")
 def outcomes(tmp_path_factory, corpus_dir, shared_cache) -> dict[str, tuple]:
-    """Every case's train.py run, two at a time: each waits mostly on its own imports, one core each."""
-    from concurrent.futures import ThreadPoolExecutor
-
+    """Every case's train.py run (two at a time)."""
     def run(case):
         root = tmp_path_factory.mktemp(case.__name__)
         earlier = _earlier_run(root)
         args, fragments = case(root, corpus_dir)
-        return case.__name__, (run_train(args, root, shared_cache), fragments, earlier)
+        return run_train(args, root, shared_cache), fragments, earlier
 
-    with ThreadPoolExecutor(max_workers=2) as pool:
-        return dict(pool.map(run, CASES))
+    return two_at_a_time(run, CASES)
 
 
 @pytest.mark.parametrize("case", CASES, ids=lambda case: case.__name__)

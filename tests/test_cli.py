@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import REPO, TINY_MODEL, TRAIN, assert_user_error, run_train
+from conftest import REPO, TINY_MODEL, TRAIN, assert_user_error, run_train, two_at_a_time
 
 
 def _child_cpu_seconds() -> float:
@@ -140,17 +140,14 @@ def wide_export(tmp_path_factory, corpus_dir):
 
 @pytest.fixture(scope="module")
 def mistakes(tmp_path_factory, corpus_dir, wide_export) -> dict[str, tuple]:
-    from concurrent.futures import ThreadPoolExecutor
-
     def run(case):
         root = tmp_path_factory.mktemp(case.__name__)
         args, fragments = case(root, corpus_dir, wide_export)
         start = time.perf_counter()
         proc = run_train(args, root)
-        return case.__name__, (proc, fragments, time.perf_counter() - start)
+        return proc, fragments, time.perf_counter() - start
 
-    with ThreadPoolExecutor(max_workers=2) as pool:
-        return dict(pool.map(run, MISTAKES))
+    return two_at_a_time(run, MISTAKES)
 
 
 @pytest.mark.parametrize("case", MISTAKES, ids=lambda case: case.__name__)
