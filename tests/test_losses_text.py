@@ -158,7 +158,9 @@ def test_causal_lm_loss_is_the_models_own_next_token_loss(clm):
     reference = module.net(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
                            labels=batch["labels"]).loss
     torch.testing.assert_close(loss, reference)
-    assert logits.shape[:2] == target.shape == (4, batch["input_ids"].size(1) - 1)
+    # Every position's logits; its target is the next token, and nothing (-100) after the last one.
+    assert logits.shape[:2] == target.shape == batch["input_ids"].shape
+    assert (target[:, -1] == -100).all() and torch.equal(target[:, :-1], batch["labels"][:, 1:])
 
 
 def test_causal_lm_sample_is_seeded_and_leaves_the_training_rng_alone(clm, bpe):
