@@ -101,6 +101,25 @@ def test_heads_and_data_must_name_the_same_tasks():
         _model({"topics": 1.0, "ner": -1.0})
 
 
+def test_shipped_experiment_composes_two_pydoc_tasks():
+    """experiment=text_multitask: the same pydoc paragraphs labelled twice, one head each, validated
+    by the schemas (a head's and a data config's own fields, under the task's name)."""
+    from conftest import REPO
+    from hydra import compose, initialize_config_dir
+
+    from headstart.config import register_configs
+
+    register_configs()
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        cfg = compose(config_name="train", overrides=["experiment=text_multitask", "task.tasks.topic.weight=0.5"])
+    assert list(cfg.data.tasks) == ["part", "topic"] and list(cfg.task.tasks) == ["part", "topic"]
+    assert cfg.data.tasks.part.label_column == "label" and cfg.data.tasks.topic.label_column == "topic"
+    assert {t.head._target_ for t in cfg.task.tasks.values()} == {
+        "headstart.heads.sequence_classification.SequenceClassifier"}
+    assert cfg.task.tasks.topic.weight == 0.5 and cfg.task._recursive_ is False
+    assert cfg.task.monitor == "val/part/acc"
+
+
 # -- end to end through train.py ----------------------------------------------------------------------
 EXPERIMENT = """# @package _global_
 defaults:
