@@ -35,6 +35,12 @@ def machine() -> dict:
     }
 
 
+def measured_on(machine: dict, command: str, before: str = "", after: str = "") -> str:
+    """The line under a results table: what was run, on what, when, and the command that reruns it."""
+    where = machine["cuda_device"] or f"{machine['cpu_count']} CPUs"
+    return f"\n\n{before}{where}, torch {machine['torch']}, {machine['date']}; `{command}`{after}."
+
+
 def chosen(parser, names: list[str], known, what: str) -> list[str]:
     """The ``names`` given on the command line, all of ``known`` when none; an unknown one is an error."""
     unknown = [n for n in names if n not in known]

@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import REPO, machine, markdown_table, write_results  # noqa: E402
+from common import REPO, machine, markdown_table, measured_on, write_results  # noqa: E402
 
 CORPUS = REPO.parent / "shared" / "data" / "tinyshakespeare.txt"
 
@@ -68,9 +68,9 @@ def main() -> None:
              f"second run (cache hit, num_proc={r['num_proc']})", r["tokens"], r["seconds"],
              r["tokens_per_s"] if not r["from_cache"] else "–", "yes" if r["from_cache"] else "no"] for r in runs]
     table = markdown_table(["run", "tokens", "seconds", "tokens/s", "tokenization skipped"], rows)
-    m = payload["machine"]
-    table += (f"\n\n{payload['bytes'] / 1e6:.1f} MB of text (Python's docs + tinyshakespeare), WordPiece fast "
-              f"tokenizer, 128-token blocks; {m['cpu_count']} CPUs, {m['date']}; `python bench/data_pipeline.py`.")
+    table += measured_on(payload["machine"], "python bench/data_pipeline.py",
+                         before=f"{payload['bytes'] / 1e6:.1f} MB of text (Python's docs + tinyshakespeare), WordPiece "
+                                "fast tokenizer, 128-token blocks; ")
     write_results("data_pipeline", payload, table)
     print(table)
 

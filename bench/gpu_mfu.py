@@ -20,7 +20,7 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import REPO, logged, machine, markdown_table, median, run_train, write_results  # noqa: E402
+from common import REPO, logged, machine, markdown_table, measured_on, median, run_train, write_results  # noqa: E402
 
 CORPUS = REPO.parent / "shared" / "data" / "tinyshakespeare.txt"
 MODELS = {
@@ -60,7 +60,7 @@ def main() -> None:
         rows.append([objective, run["tokens_per_s"], f"{mfu:.1%}" if mfu else None, f">= {TARGETS[objective]:.0%}",
                      "met" if mfu and mfu >= TARGETS[objective] else "not met"])
     table = markdown_table(["objective", "tokens/s", "MFU", "target", ""], rows)
-    table += f"\n\n{info['cuda_device']}, torch {info['torch']}, {info['date']}; `python bench/gpu_mfu.py`."
+    table += measured_on(info, "python bench/gpu_mfu.py")
     write_results("gpu_mfu", payload, table)
     print(table)
 

@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import REPO, RESULTS, logged, machine, markdown_table, run_train, write_results  # noqa: E402
+from common import REPO, RESULTS, logged, machine, markdown_table, measured_on, run_train, write_results  # noqa: E402
 
 CORPUS = REPO.parent / "shared" / "data" / "tinyshakespeare.txt"
 WINDOW, LOG_EVERY, WARMUP_RATIO, WEIGHT_DECAY = 20, 10, 0.06, 0.01
@@ -170,11 +170,10 @@ def table(payload: dict) -> str:
         rows.append([objective, result["settings"].get("label", result["settings"]["model"]), speeds["headstart"], speeds["plain"], speeds["hf_trainer"],
                      f"{statistics.median(vs_plain):.3f}", spread(vs_plain), f"{statistics.median(vs_hf):.3f}",
                      spread(vs_hf)])
-    m, repeats = payload["machine"], len(next(iter(payload["objectives"].values()))["repeats"])
+    repeats = len(next(iter(payload["objectives"].values()))["repeats"])
     return markdown_table(["objective", "model", "headstart tok/s", "plain loop tok/s", "HF Trainer tok/s",
-                           "vs plain", "range", "vs HF Trainer", "range"], rows) + (
-        f"\n\nMedians of {repeats} repeats, {m['cpu_count']} CPUs, torch {m['torch']}, {m['date']}; "
-        "`python bench/lm_throughput.py`.")
+                           "vs plain", "range", "vs HF Trainer", "range"], rows) + measured_on(
+        payload["machine"], "python bench/lm_throughput.py", before=f"Medians of {repeats} repeats, ")
 
 
 def main() -> None:

@@ -19,7 +19,7 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import chosen, logged, machine, markdown_table, median, run_train, write_results  # noqa: E402
+from common import chosen, logged, machine, markdown_table, measured_on, median, run_train, write_results  # noqa: E402
 
 TEXT = ["experiment=text_mlm", "model=bert_small", "data.batch_size=16", "trainer.max_steps=30", "trainer.limit_val_batches=0",
         "test_after_fit=false", "logger=csv", "trainer.enable_progress_bar=false"]
@@ -85,9 +85,8 @@ def main() -> None:
     table = markdown_table(["switch", "off", "on", "on / off", "unit"], [
         [r["about"], r["off"]["per_s"], r["on"]["per_s"], f"{r['ratio']:.2f}x" if r["ratio"] else None, r["metric"]]
         for r in rows])
-    m = payload["machine"]
-    table += (f"\n\n{m['cpu_count']} CPUs, torch {m['torch']}, {m['date']}; `python bench/speed_switches.py`; "
-              "median of the throughput monitor over each run, one run each way.")
+    table += measured_on(payload["machine"], "python bench/speed_switches.py",
+                         after="; median of the throughput monitor over each run, one run each way")
     write_results("speed_switches", payload, table)
     print(table)
 

@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import OFFLINE, REPO, machine, markdown_table, write_results  # noqa: E402
+from common import OFFLINE, REPO, machine, markdown_table, measured_on, write_results  # noqa: E402
 
 FIRST_STEP = re.compile(r"First optimizer step ([\d.]+) s after the process started")
 ONE_EPOCH = ['pipeline.pretrain.overrides=["trainer.max_epochs=1"]', 'pipeline.finetune.overrides=["trainer.max_epochs=1"]']
@@ -84,10 +84,9 @@ def main() -> None:
         ["peak RSS of the default experiment (all stages)", f"{cold['peak_rss_mb']:.0f} MiB", "–"],
         ["wall time of the default experiment, 1 epoch per stage, cold", f"{cold['wall_s']:.0f} s", "–"],
     ]
-    m = payload["machine"]
     table = markdown_table(["measure", "value", "spread"], rows)
-    table += (f"\n\n{m['cpu_count']} CPUs, torch {m['torch']}, {m['date']}; `python bench/startup_memory.py` "
-              "(times from the process's start, as `train.py` logs them).")
+    table += measured_on(payload["machine"], "python bench/startup_memory.py",
+                         after=" (times from the process's start, as `train.py` logs them)")
     write_results("startup_memory", payload, table)
     print(table)
 
