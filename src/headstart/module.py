@@ -49,7 +49,12 @@ class HeadstartModule(pl.LightningModule):
         counted, objectives with other costs override this."""
         from headstart.flops import text_batch_flops
 
-        return text_batch_flops(self.net, batch, self.__dict__.setdefault("_flops_cache", {}))
+        return text_batch_flops(self.net, batch, self.__dict__.setdefault("_flops_cache", {}),
+                                output_tokens=self.predicted_tokens(batch))
+
+    def predicted_tokens(self, batch) -> int | None:
+        """How many positions of ``batch`` the output (vocabulary) projection runs at; None: all."""
+        return None
 
     def build_network(self, backbone) -> torch.nn.Module:
         """The transformers model this module trains: the backbone with the head ``hf_head`` names."""

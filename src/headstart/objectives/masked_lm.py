@@ -48,12 +48,9 @@ class MaskedLanguageModeling(HeadstartModule):
             mask_replace_prob=self.mask_replace_prob, random_replace_prob=self.random_replace_prob,
         )
 
-    def batch_flops(self, batch) -> float | None:
+    def predicted_tokens(self, batch) -> int:
         """The vocabulary projection runs at the masked positions only (see :meth:`forward`)."""
-        from headstart.flops import text_batch_flops
-
-        return text_batch_flops(self.net, batch, self.__dict__.setdefault("_flops_cache", {}),
-                                output_tokens=int((batch["labels"] != -100).sum()))
+        return int((batch["labels"] != -100).sum())
 
     def forward(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Loss, logits and labels at the masked positions only.

@@ -200,8 +200,8 @@ def run_stage(cfg: DictConfig) -> dict[str, Any]:
         "rank_config_hashes": agreement.rank_hashes,
         "metrics": metrics,
         "handoff": {k: len(v) for k, v in handoff.items() if isinstance(v, list)} if handoff else None,
+        "peak_rss_mb": _peak_rss_mb(),
     }
-    results["peak_rss_mb"] = _peak_rss_mb()
     first_step = [c.time_to_first_step for c in trainer.callbacks if getattr(c, "time_to_first_step", None)]
     if first_step:
         results["time_to_first_step"] = first_step[0]
