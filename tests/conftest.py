@@ -102,6 +102,16 @@ def only_run_dir(root: Path) -> Path:
     return results.parent
 
 
+def finished_run(proc: subprocess.CompletedProcess, root: Path, what: str) -> tuple[Path, dict]:
+    """The run directory and results of a train.py run under ``root`` that must have succeeded; its
+    test metrics are printed under ``what`` (``pytest -s`` shows them)."""
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    run_dir = only_run_dir(root)
+    results = json.loads((run_dir / "results.json").read_text())
+    print(f"{what} test metrics:", {k: round(v, 3) for k, v in results["metrics"].items() if k.startswith("test/")})
+    return run_dir, results
+
+
 def logged(run_dir: Path, name: str) -> list[float]:
     """Every value the CSV logger wrote under ``name``, in order."""
     import csv

@@ -16,7 +16,14 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import assert_user_error, logged, make_mlm_export, only_run_dir, run_train, write_labeled
+from conftest import (
+    assert_user_error,
+    finished_run,
+    logged,
+    make_mlm_export,
+    run_train,
+    write_labeled,
+)
 from test_heads_token_regression import TINY_BERT, write_counts, write_tagged
 
 from headstart.errors import ConfigError
@@ -174,11 +181,8 @@ def test_multitask_end_to_end_from_mlm_export(multitask_data, tmp_path, shared_c
         f"hydra.searchpath=[file://{d / 'conf'}]", "experiment=my_multitask", "logger=csv", "trainer.max_epochs=6",
         *[f"model.arch.{k}={v}" for k, v in TINY_BERT.items() if k != "model_type"], f"model.init_from={d / 'export'}",
     ], tmp_path, shared_cache)
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    run_dir = only_run_dir(tmp_path)
-    results = json.loads((run_dir / "results.json").read_text())
+    run_dir, results = finished_run(proc, tmp_path, "multi-task")
     metrics = results["metrics"]
-    print("multi-task test metrics:", {k: round(v, 3) for k, v in metrics.items() if k.startswith("test/")})
     assert results["task"] == "MultiTaskModel"
     # Every task beats its trivial baseline: F1 0 for an all-O tagger, the targets' variance and no
     # correlation for the mean, a third for a guess among three topics.

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import TINY_MODEL, assert_user_error, make_mlm_export, run_train
+from conftest import TINY_MODEL, assert_user_error, finished_run, make_mlm_export, run_train
 
 from headstart.data.question_answering import (
     NO_OFFSET,
@@ -343,11 +343,8 @@ def test_question_answering_end_to_end_from_mlm_export(qa_dir, mlm_export, tmp_p
         f"data.train_files=[{qa_dir / 'train.jsonl'}]", f"data.val_files=[{qa_dir / 'val.jsonl'}]",
         f"data.test_files=[{qa_dir / 'test.jsonl'}]",
     ], tmp_path, shared_cache)
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    [results_path] = tmp_path.glob("outputs/*/*/results.json")
-    results = json.loads(results_path.read_text())
+    run_dir, results = finished_run(proc, tmp_path, "question answering")
     metrics = results["metrics"]
-    print("question answering test metrics:", {k: round(v, 3) for k, v in metrics.items() if k.startswith("test/")})
     assert results["task"] == "QuestionAnswering"
     assert {"val/f1", "val/exact_match", "test/f1", "test/exact_match"} <= set(metrics)
     # Baselines: the context's first word ("The") scores 0; a capital of the context drawn at random (what
@@ -362,7 +359,7 @@ def test_question_answering_end_to_end_from_mlm_export(qa_dir, mlm_export, tmp_p
     assert metrics["test/f1"] > any_capital + 0.3 and metrics["test/exact_match"] > 0.5, metrics
     assert metrics["test/exact_match"] <= metrics["test/f1"] + 1e-6
     # The hand-off loaded every backbone key of the export; only the span head is new.
-    report = json.loads((results_path.parent / "handoff_report.json").read_text())
+    report = json.loads((run_dir / "handoff_report.json").read_text())
     assert report["source_objective"] == "MaskedLanguageModeling"
     assert report["new"] == ["head.1.bias", "head.1.weight"] and len(report["loaded"]) > 30
     from safetensors import safe_open

@@ -12,7 +12,14 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import TINY_MODEL, TOPICS, assert_user_error, make_mlm_export, only_run_dir, run_train
+from conftest import (
+    TINY_MODEL,
+    TOPICS,
+    assert_user_error,
+    finished_run,
+    make_mlm_export,
+    run_train,
+)
 
 from headstart.heads.span_f1 import SpanF1, entity_spans
 
@@ -250,11 +257,8 @@ def test_token_classification_end_to_end_from_mlm_export(ner_dir, mlm_export, tm
         f"data.train_files=[{ner_dir / 'train.jsonl'}]", f"data.val_files=[{ner_dir / 'val.jsonl'}]",
         f"data.test_files=[{ner_dir / 'test.jsonl'}]",
     ], tmp_path, shared_cache)
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    run_dir = only_run_dir(tmp_path)
-    results = json.loads((run_dir / "results.json").read_text())
+    run_dir, results = finished_run(proc, tmp_path, "token classification")
     metrics = results["metrics"]
-    print("token classification test metrics:", {k: round(v, 3) for k, v in metrics.items() if k.startswith("test/")})
     assert results["task"] == "TokenClassifier"
     # Baselines: a majority tagger (every word O) gets the O share of words right and F1 = 0.
     tags = [t for line in (ner_dir / "test.jsonl").read_text().splitlines() for t in json.loads(line)["tags"]]
@@ -281,10 +285,8 @@ def test_regression_end_to_end(tmp_path, shared_cache):
         f"data.train_files=[{data / 'train.jsonl'}]", f"data.val_files=[{data / 'val.jsonl'}]",
         f"data.test_files=[{data / 'test.jsonl'}]",
     ], tmp_path / "run", shared_cache)
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    results = json.loads((only_run_dir(tmp_path / "run") / "results.json").read_text())
+    _, results = finished_run(proc, tmp_path / "run", "regression")
     metrics = results["metrics"]
-    print("regression test metrics:", {k: round(v, 3) for k, v in metrics.items() if k.startswith("test/")})
     targets = [json.loads(line)["label"] for line in (data / "test.jsonl").read_text().splitlines()]
     # Baseline: predicting the mean has MSE = the targets' variance and no correlation.
     variance = statistics.pvariance(targets)
