@@ -22,6 +22,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import RESULTS, machine, markdown_table, run_train, write_results  # noqa: E402
 
+from headstart.pipeline.label_efficiency import amount_label  # noqa: E402
+
 
 def main() -> None:
     extra = sys.argv[1:]
@@ -37,7 +39,7 @@ def main() -> None:
     command = " ".join(["python train.py experiment=label_efficiency", *extra])
     table = markdown_table(
         ["labels", "pretrained + fine-tuned", "from scratch", "gain (points)"],
-        [[f"{row['label_fraction'] * 100:g}%", f"{row['finetune_mean']:.3f} ± {row['finetune_std']:.3f}",
+        [[amount_label(row), f"{row['finetune_mean']:.3f} ± {row['finetune_std']:.3f}",
           f"{row['scratch_mean']:.3f} ± {row['scratch_std']:.3f}", f"{row['gain'] * 100:+.1f}"] for row in summary],
     ) + f"\n\n`{command}`: {wall / 60:.1f} min wall, {summary[0]['finetune_n']} seeds; plot: " \
         f"[bench/results/{name}.png](bench/results/{name}.png)"

@@ -47,3 +47,44 @@ def test_default_paths_resolve_before_the_run_starts(tmp_path):
                           text=True)
     assert_user_error(proc, "pipeline.pretrain.overrides")
     assert "GuardRunDir" not in proc.stderr
+
+
+def _stage_overrides(command_line: list[str], stage: str) -> list[str]:
+    """What a pipeline stage gets from its experiment and the command line, as the runner computes it."""
+    from conftest import REPO
+    from hydra import compose, initialize_config_dir
+
+    from headstart.config import register_configs
+    from headstart.pipeline.runner import stage_overrides
+
+    register_configs()
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        cfg = compose(config_name="train", overrides=command_line)
+        return stage_overrides(cfg, stage, command_line, "train")
+
+
+def test_command_line_stage_overrides_add_to_the_experiments_own():
+    own = ["trainer.max_steps=300", "trainer.max_epochs=null"]
+    assert _stage_overrides(["experiment=label_efficiency_text"], "finetune")[:2] == own
+    added = _stage_overrides(["experiment=label_efficiency_text", 'pipeline.finetune.overrides=["data.batch_size=8"]'],
+                             "finetune")
+    assert added[:2] == own and added[-1] == "data.batch_size=8"
+    # An override of a key the experiment sets replaces that entry, wherever it stood.
+    replaced = _stage_overrides(["experiment=label_efficiency_text",
+                                 'pipeline.finetune.overrides=["trainer.max_steps=50"]'], "finetune")
+    assert "trainer.max_steps=300" not in replaced and replaced.count("trainer.max_steps=50") == 1
+    assert "trainer.max_epochs=null" in replaced
+
+
+def test_key_form_keeps_a_group_choice_and_its_keys():
+    """+pipeline.pretrain.overrides.data=text_files and ...data.train_files=[...] together: the config
+    can hold only one of them (data becomes a mapping), the stage gets both."""
+    got = _stage_overrides(["+pipeline.pretrain.overrides.data=text_files",
+                            "+pipeline.pretrain.overrides.data.train_files=[a.txt]"], "pretrain")
+    assert got == ["data=text_files", "data.train_files=[a.txt]"]
+
+
+def test_merge_overrides_replaces_by_key():
+    from headstart.pipeline.runner import merge_overrides
+
+    assert merge_overrides(["a=1", "+b=2", "model=x"], ["b=3", "c=4"]) == ["a=1", "model=x", "b=3", "c=4"]

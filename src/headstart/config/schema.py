@@ -67,6 +67,16 @@ class TrainerConfig:
 
 
 @dataclass
+class LabelAmountFields:
+    """How many training labels a labelled data set keeps (headstart.data.subsets): a share, or a
+    number of examples spread over the classes by label_sampling (stratified | balanced | per_class)."""
+
+    label_fraction: float = 1.0
+    label_count: int | None = None
+    label_sampling: str = "stratified"
+
+
+@dataclass
 class TextDataConfig:
     """Fields shared by every text data module."""
 
@@ -76,6 +86,8 @@ class TextDataConfig:
     val_files: list[str] = field(default_factory=list)
     test_files: list[str] = field(default_factory=list)
     text_column: str = "text"
+    # Field delimiter of .csv/.tsv files; null: a comma for .csv, a tab for .tsv.
+    delimiter: str | None = None
     val_fraction: float = 0.1
     tokenizer: str | None = None
     tokenizer_type: str = "wordpiece"
@@ -100,10 +112,9 @@ class TextLMDataConfig(TextDataConfig):
 
 
 @dataclass
-class TextClassificationDataConfig(TextDataConfig):
+class TextClassificationDataConfig(TextDataConfig, LabelAmountFields):
     _target_: str = "headstart.data.text_classification.TextClassificationDataModule"
     label_column: str = "label"
-    label_fraction: float = 1.0
 
 
 @dataclass
@@ -181,23 +192,57 @@ class FeatureExportConfig(TaskConfig):
 class StageConfig:
     """One pipeline stage: an experiment plus overrides that apply to it alone, either a list of
     override strings (``["data=text_files", "data.train_files=[a.txt]"]``) or a nested dict
-    (``{trainer: {max_epochs: 3}}``). On the command line:
-    ``'pipeline.pretrain.overrides=["trainer.max_epochs=3"]'``."""
+    (``{trainer: {max_epochs: 3}}``). Overrides given on the command line
+    (``'pipeline.finetune.overrides=["trainer.max_steps=300"]'``) are added to the experiment's own;
+    one of a key the experiment sets replaces that entry."""
 
     experiment: str = MISSING
     overrides: Any = None
 
 
 @dataclass
+class ScratchStageConfig:
+    """The from-scratch baseline: the finetune stage's overrides, then these (its own learning rate)."""
+
+    overrides: Any = None
+
+
+@dataclass
+class PipelineFilesConfig:
+    """A user's own text for a pipeline whose stage overrides refer to it (e.g.
+    experiment=label_efficiency_text_files): an unlabelled corpus for pretraining and labelled
+    train/dev/test files (.txt, .jsonl, .csv, .tsv or .parquet) for the downstream task."""
+
+    corpus: list[str] = MISSING
+    train: list[str] = MISSING
+    dev: list[str] = MISSING
+    test: list[str] = MISSING
+    text_column: str = "text"
+    label_column: str = "label"
+
+
+@dataclass
 class PipelineConfig:
-    pretrain: StageConfig = field(default_factory=StageConfig)
+    # The pretrain stage takes one more key, ``from``: a finished pretrain run (or pipeline, or export)
+    # directory to reuse instead of pretraining again. A Python keyword cannot be a dataclass field, so
+    # this stage is a plain mapping, checked by the pipeline runner (headstart.pipeline.runner).
+    pretrain: Any = field(default_factory=lambda: {"experiment": MISSING, "overrides": None, "from": None})
     finetune: StageConfig = field(default_factory=StageConfig)
+    scratch: ScratchStageConfig = field(default_factory=ScratchStageConfig)
+    files: PipelineFilesConfig = field(default_factory=PipelineFilesConfig)
     scratch_baseline: bool = True
     metric: str = "test/acc"
-    # Label efficiency: fine-tune (and train from scratch) once per label fraction and seed, and
-    # report the metric against the fraction (label_efficiency.csv / .png). null: one run each.
+    # Label efficiency: fine-tune (and train from scratch) once per amount of labels and seed, and
+    # report the metric against the number of labelled examples (label_efficiency.csv / .png).
+    # label_fractions: shares of the training labels; label_counts: numbers of labelled examples
+    # (spread over the classes as data.label_sampling says), or "all". Both null: one run each.
     label_fractions: list[float] | None = None
+    label_counts: list[Any] | None = None
     seeds: list[int] | None = None
+    # Each downstream model (fine-tuned, scratch) is trained at each of these learning rates and the
+    # one best on validation is kept, per amount of labels and seed: every model gets its own tuned
+    # rate, chosen the same way. null: one run at task.optimizer.lr.
+    learning_rates: list[float] | None = None
 
 
 @dataclass
@@ -303,7 +348,7 @@ class SimCSEConfig(OnlineEvaluationConfig):
 
 
 @dataclass
-class ImageDataConfig:
+class ImageDataConfig(LabelAmountFields):
     """Labelled images: ``builtin`` (digits) or folders with one subfolder per class."""
 
     _target_: str = "headstart.data.vision.ImageDataModule"
@@ -320,7 +365,6 @@ class ImageDataConfig:
     # null: the per-channel mean/std of the training images.
     image_mean: list[float] | None = None
     image_std: list[float] | None = None
-    label_fraction: float = 1.0
     batch_size: int = 64
     eval_batch_size: int | None = None
     num_workers: int = 0
@@ -418,7 +462,7 @@ class MoCoConfig(ImageContrastiveConfig):
 
 # -- token classification and regression heads --
 @dataclass
-class TokenClassificationDataConfig(TextDataConfig):
+class TokenClassificationDataConfig(TextDataConfig, LabelAmountFields):
     """Rows of words and their IOB2 tags (.jsonl/.parquet lists, or space-separated .csv strings)."""
 
     _target_: str = "headstart.data.token_classification.TokenClassificationDataModule"
@@ -426,7 +470,6 @@ class TokenClassificationDataConfig(TextDataConfig):
     tags_column: str = "tags"
     # Label every sub-token of a word (B- becomes I- after the first), not only its first.
     label_all_tokens: bool = False
-    label_fraction: float = 1.0
 
 
 @dataclass
@@ -456,7 +499,7 @@ class RegressionConfig(HeadConfig):
 
 # -- extractive question answering --
 @dataclass
-class QuestionAnsweringDataConfig(TextDataConfig):
+class QuestionAnsweringDataConfig(TextDataConfig, LabelAmountFields):
     """SQuAD-style rows: a context, a question and the answer's text and character offset."""
 
     _target_: str = "headstart.data.question_answering.QuestionAnsweringDataModule"
@@ -468,7 +511,6 @@ class QuestionAnsweringDataConfig(TextDataConfig):
     answer_start_column: str = "answer_start"
     # Context tokens that neighbouring windows of a long context share.
     doc_stride: int = 32
-    label_fraction: float = 1.0
 
 
 @dataclass

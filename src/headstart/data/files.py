@@ -1,14 +1,27 @@
-"""Reading local text files (.txt, .jsonl, .csv, .parquet) into a ``datasets.DatasetDict``."""
+"""Reading local text files (.txt, .jsonl, .csv, .tsv, .parquet) into a ``datasets.DatasetDict``."""
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
 from headstart.errors import DataError
 
 # File suffix -> the `datasets` packaged builder that reads it.
-BUILDERS = {".txt": "text", ".text": "text", ".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
+BUILDERS = {".txt": "text", ".text": "text", ".jsonl": "json", ".json": "json", ".csv": "csv", ".tsv": "csv",
+            ".parquet": "parquet"}
+# The field delimiter of delimited files when data.delimiter is not set, by suffix.
+DEFAULT_DELIMITERS = {".tsv": "\t"}
+
+
+def delimiter_of(paths: list[str], delimiter: str | None) -> str | None:
+    """The delimiter to read ``paths`` with: ``data.delimiter`` if set, else the suffix's (tab for
+    .tsv), else None (the reader's own: a comma for .csv)."""
+    if delimiter is not None:
+        # A tab is hard to type in an override: data.delimiter=tab or 'data.delimiter=\t' mean one.
+        return {"tab": "\t", "\\t": "\t"}.get(delimiter, delimiter)
+    return DEFAULT_DELIMITERS.get(Path(paths[0]).suffix.lower()) if paths else None
 
 
 def check_files(split: str, paths: list[str]) -> str:
@@ -40,23 +53,38 @@ def fingerprint(paths: list[str]) -> list[tuple[str, int, int]]:
     return [(os.path.abspath(p), os.path.getsize(p), os.stat(p).st_mtime_ns) for p in paths]
 
 
-def read_dataset(split: str, paths: list[str], builder: str, cache_dir: str):
-    """``paths`` read by the ``datasets`` builder as one Dataset; a file it cannot read is the user's
-    to fix, and the error says which and why."""
+def read_dataset(split: str, paths: list[str], builder: str, cache_dir: str, delimiter: str | None = None):
+    """``paths`` read by the ``datasets`` builder as one Dataset (delimited files with ``delimiter``,
+    see ``delimiter_of``; quoted fields may span lines); a file it cannot read is the user's to fix,
+    and the error says which and why."""
     import datasets
 
+    options = {}
+    if builder == "csv":
+        delimiter = delimiter_of(paths, delimiter)
+        if delimiter is not None:
+            options["sep"] = delimiter
     try:
-        return datasets.load_dataset(builder, data_files={split: paths}, split=split, cache_dir=cache_dir)
+        # The reader logs its failure before raising it; the DataError below says it once, with the fix.
+        datasets.utils.logging.set_verbosity_error()
+        logging.getLogger("datasets.packaged_modules.csv.csv").setLevel(logging.CRITICAL)
+        return datasets.load_dataset(builder, data_files={split: paths}, split=split, cache_dir=cache_dir, **options)
     except Exception as err:  # noqa: BLE001 - any reader failure here is a problem with the user's file
         cause = err.__cause__ or err
-        raise DataError(
-            f"data.{split}_files: could not read {paths} as {builder} ({type(cause).__name__}: "
-            f"{str(cause).splitlines()[0] if str(cause) else ''}). Check that the file is UTF-8 text "
-            "in the format its suffix says."
-        ) from None
+        message = str(cause).splitlines()[0] if str(cause) else ""
+        hint = "Check that the file is UTF-8 text in the format its suffix says."
+        if builder == "csv" and ("fields" in message or "tokeniz" in message.lower()):
+            shown = {None: "',' (the .csv default)", "\t": "a tab"}.get(options.get("sep"), repr(options.get("sep")))
+            hint = (f"A row has another number of fields than the header, so the delimiter is likely wrong: it was "
+                    f"read with {shown}. Name the right one with data.delimiter (e.g. data.delimiter=';', or "
+                    "data.delimiter=tab; .tsv files are read with tabs), and quote fields that "
+                    "hold the delimiter or line breaks (\"...\").")
+        raise DataError(f"data.{split}_files: could not read {paths} as {builder} ({type(cause).__name__}: "
+                        f"{message}). {hint}") from None
 
 
-def load_files(files: dict[str, list[str]], text_column: str, cache_dir: str, required: tuple[str, ...] = ()):
+def load_files(files: dict[str, list[str]], text_column: str, cache_dir: str, required: tuple[str, ...] = (),
+               delimiter: str | None = None):
     """Load each split's files; rows whose text is empty are dropped; an empty split is an error."""
     import datasets
 
@@ -64,7 +92,7 @@ def load_files(files: dict[str, list[str]], text_column: str, cache_dir: str, re
     splits = {}
     for split, paths in files.items():
         builder = check_files(split, paths)
-        ds = read_dataset(split, paths, builder, cache_dir)
+        ds = read_dataset(split, paths, builder, cache_dir, delimiter)
         column = "text" if builder == "text" else text_column
         missing = [c for c in (column, *required) if c not in ds.column_names]
         if missing:

@@ -28,7 +28,7 @@ from typing import Any
 import torch
 
 from headstart.data import files
-from headstart.data.subsets import random_subset_indices
+from headstart.data.subsets import LabelAmount, random_subset_indices
 from headstart.data.text_base import TextDataModule
 from headstart.errors import ConfigError, DataError
 
@@ -71,10 +71,9 @@ class QuestionAnsweringDataModule(TextDataModule):
     def __init__(self, context_column: str = "context", question_column: str = "question",
                  answers_column: str = "answers", answer_text_column: str = "answer_text",
                  answer_start_column: str = "answer_start", doc_stride: int = 32, label_fraction: float = 1.0,
-                 **kwargs) -> None:
-        if not 0.0 < label_fraction <= 1.0:
-            raise ConfigError(f"data.label_fraction={label_fraction} must be in (0, 1]: the share of training "
-                              "questions kept.")
+                 label_count: int | None = None, label_sampling: str = "stratified", **kwargs) -> None:
+        # A share (or number) of the questions, drawn at random: answers have no classes.
+        self.label_amount = LabelAmount(label_fraction, label_count, label_sampling)
         super().__init__(**kwargs)
         if not 0 <= doc_stride < self.max_length // 2:
             raise ConfigError(
@@ -87,7 +86,6 @@ class QuestionAnsweringDataModule(TextDataModule):
         self.answer_text_column = answer_text_column
         self.answer_start_column = answer_start_column
         self.doc_stride = doc_stride
-        self.label_fraction = label_fraction
 
     # -- reading and checking the rows ------------------------------------------------------------
     def _answers_of(self, row: dict[str, Any], nested: bool, where: str) -> tuple[list[str], list[int]]:
@@ -116,7 +114,7 @@ class QuestionAnsweringDataModule(TextDataModule):
 
     def _read_file(self, split: str, path: str, builder: str, cache_dir: str) -> dict[str, list]:
         """One file's rows as context, question, gold answers and the text a tokenizer is trained on."""
-        ds = files.read_dataset(split, [path], builder, cache_dir)
+        ds = files.read_dataset(split, [path], builder, cache_dir, self.delimiter)
         columns = ds.column_names
         nested = self.answers_column in columns
         answer_columns = [self.answers_column] if nested else [self.answer_text_column, self.answer_start_column]
@@ -228,9 +226,10 @@ class QuestionAnsweringDataModule(TextDataModule):
     def prepare(self, tokenizer_source: str | None = None) -> None:
         super().prepare(tokenizer_source)
         train = self.datasets["train"]
-        if self.label_fraction < 1.0:  # a share of the questions, with all their windows
-            example_ids = list(train.with_format(None)["example_id"])
-            kept = set(random_subset_indices(max(example_ids) + 1, self.label_fraction, self.seed))
+        if not self.label_amount.everything:  # a share of the questions, with all their windows
+            example_ids = train.with_format("numpy")["example_id"].tolist()
+            kept = set(random_subset_indices(max(example_ids) + 1, self.label_amount.fraction, self.seed,
+                                             count=self.label_amount.count))
             train = train.select([i for i, e in enumerate(example_ids) if e in kept])
         self.datasets["train"] = train.remove_columns("example_id")
         for split in self.datasets:

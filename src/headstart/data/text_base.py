@@ -32,6 +32,7 @@ class TextDataModule(SplitLoaders, pl.LightningDataModule):
         val_files: list[str] | None = None,
         test_files: list[str] | None = None,
         text_column: str = "text",
+        delimiter: str | None = None,
         val_fraction: float = 0.1,
         tokenizer: str | None = None,
         tokenizer_type: str = "wordpiece",
@@ -59,6 +60,7 @@ class TextDataModule(SplitLoaders, pl.LightningDataModule):
         self.split_files = {"train": list(train_files or []), "validation": list(val_files or []),
                             "test": list(test_files or [])}
         self.text_column = text_column
+        self.delimiter = delimiter
         self.val_fraction = val_fraction
         self.tokenizer_path = tokenizer
         self.tokenizer_type = tokenizer_type
@@ -127,7 +129,7 @@ class TextDataModule(SplitLoaders, pl.LightningDataModule):
         key = _hash({
             "kind": type(self).__name__, "files": {s: files.fingerprint(p) for s, p in split_files.items()},
             "val_fraction": self.val_fraction, "seed": self.seed, "text_column": self.text_column,
-            "tokenizer": tokenizer_fingerprint(self.tokenizer), "max_length": self.max_length,
+            "delimiter": self.delimiter, "tokenizer": tokenizer_fingerprint(self.tokenizer), "max_length": self.max_length,
             **self._cache_settings(),
         })
         cache_path = Path(self.cache_dir) / "tokenized" / key
@@ -149,7 +151,7 @@ class TextDataModule(SplitLoaders, pl.LightningDataModule):
     def _load_raw(self, split_files: dict[str, list[str]]):
         """The raw splits, a DatasetDict with a ``text`` column (what the tokenizer is trained on)."""
         return files.load_files(split_files, self.text_column, os.path.join(self.cache_dir, "hf_datasets"),
-                                self.required_columns)
+                                self.required_columns, self.delimiter)
 
     def _load_rows(self, split_files: dict[str, list[str]], read_file, holds: str):
         """Splits of structured rows (data that is not one text a row): each file's rows read and checked
@@ -186,6 +188,7 @@ class TextDataModule(SplitLoaders, pl.LightningDataModule):
 
         key = _hash({"files": files.fingerprint(split_files["train"]), "type": self.tokenizer_type,
                      "vocab_size": self.vocab_size, "lowercase": self.lowercase, "split_seed": self.seed, "text_column": self.text_column,
+                     **({"delimiter": self.delimiter} if self.delimiter is not None else {}),
                      "val_fraction": self.val_fraction, "has_val": "validation" in split_files,
                      **({"ordered_split": True} if self.ordered_validation_split else {})})
         path = Path(self.cache_dir) / "tokenizers" / key

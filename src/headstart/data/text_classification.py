@@ -2,21 +2,20 @@
 
 from __future__ import annotations
 
-from headstart.data.subsets import label_subset
+from headstart.data.subsets import LabelAmount
 from headstart.data.text_base import TextDataModule
-from headstart.errors import ConfigError, DataError
+from headstart.errors import DataError
 
 
 class TextClassificationDataModule(TextDataModule):
     required_columns = ("label",)
 
-    def __init__(self, label_column: str = "label", label_fraction: float = 1.0, **kwargs) -> None:
-        if not 0.0 < label_fraction <= 1.0:
-            raise ConfigError(f"data.label_fraction={label_fraction} must be in (0, 1]: the share of training labels kept.")
+    def __init__(self, label_column: str = "label", label_fraction: float = 1.0, label_count: int | None = None,
+                 label_sampling: str = "stratified", **kwargs) -> None:
+        self.label_amount = LabelAmount(label_fraction, label_count, label_sampling)
         super().__init__(**kwargs)
         self.label_column = label_column
         self.required_columns = (label_column,)
-        self.label_fraction = label_fraction
         self.label_names: list[str] = []
 
     def _check_raw(self, raw) -> None:
@@ -50,8 +49,7 @@ class TextClassificationDataModule(TextDataModule):
 
     def prepare(self, tokenizer_source: str | None = None) -> None:
         super().prepare(tokenizer_source)
-        self.datasets["train"] = label_subset(self.datasets["train"], self.label_fraction, self.seed,
-                                              stratify_by="labels")
+        self.datasets["train"] = self.label_amount.subset(self.datasets["train"], self.seed, stratify_by="labels")
 
     def task_kwargs(self):
         return {"num_labels": len(self.label_names), "label_names": list(self.label_names)}

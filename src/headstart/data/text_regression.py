@@ -10,7 +10,6 @@ from __future__ import annotations
 import math
 from numbers import Real
 
-from headstart.data.subsets import label_subset
 from headstart.data.text_base import TextDataModule
 from headstart.data.text_classification import TextClassificationDataModule
 from headstart.errors import DataError
@@ -91,7 +90,7 @@ class TextRegressionDataModule(TextClassificationDataModule):
     def prepare(self, tokenizer_source: str | None = None) -> None:
         TextDataModule.prepare(self, tokenizer_source)  # not the classifier's: it keeps a row per label
         # A correlation needs two rows.
-        self.datasets["train"] = label_subset(self.datasets["train"], self.label_fraction, self.seed, minimum=2)
+        self.datasets["train"] = self.label_amount.subset(self.datasets["train"], self.seed, minimum=2)
 
     def task_kwargs(self):
         return {"num_targets": self.num_targets, "target_mean": list(self.target_mean),

@@ -16,9 +16,9 @@ import logging
 import re
 
 from headstart.data import files
-from headstart.data.subsets import label_subset
+from headstart.data.subsets import LabelAmount
 from headstart.data.text_base import TextDataModule
-from headstart.errors import ConfigError, DataError
+from headstart.errors import DataError
 
 log = logging.getLogger(__name__)
 
@@ -33,20 +33,20 @@ def _continuation(tag: str) -> str:
 
 class TokenClassificationDataModule(TextDataModule):
     def __init__(self, tokens_column: str = "tokens", tags_column: str = "tags", label_all_tokens: bool = False,
-                 label_fraction: float = 1.0, **kwargs) -> None:
-        if not 0.0 < label_fraction <= 1.0:
-            raise ConfigError(f"data.label_fraction={label_fraction} must be in (0, 1]: the share of training rows kept.")
+                 label_fraction: float = 1.0, label_count: int | None = None, label_sampling: str = "stratified",
+                 **kwargs) -> None:
+        # Tag sequences have no single class: label_count rows at random (label_sampling does not apply).
+        self.label_amount = LabelAmount(label_fraction, label_count, label_sampling)
         super().__init__(**kwargs)
         self.tokens_column = tokens_column
         self.tags_column = tags_column
         self.label_all_tokens = label_all_tokens
-        self.label_fraction = label_fraction
         self.label_names: list[str] = []
 
     # -- reading and checking the rows ------------------------------------------------------------
     def _read_file(self, split: str, path: str, builder: str, cache_dir: str) -> dict[str, list]:
         """One file's rows as words, tags and their joined text (what a tokenizer is trained on)."""
-        ds = files.read_dataset(split, [path], builder, cache_dir)
+        ds = files.read_dataset(split, [path], builder, cache_dir, self.delimiter)
         missing = [c for c in (self.tokens_column, self.tags_column) if c not in ds.column_names]
         if missing:
             raise DataError(
@@ -121,7 +121,7 @@ class TokenClassificationDataModule(TextDataModule):
 
     def prepare(self, tokenizer_source: str | None = None) -> None:
         super().prepare(tokenizer_source)
-        self.datasets["train"] = label_subset(self.datasets["train"], self.label_fraction, self.seed)
+        self.datasets["train"] = self.label_amount.subset(self.datasets["train"], self.seed)
 
     def _tokenize(self, raw):
         tok, label_ids, all_tokens = self.tokenizer, {name: i for i, name in enumerate(self.label_names)}, \

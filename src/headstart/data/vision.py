@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset
 
 from headstart.data.loaders import SplitLoaders
-from headstart.data.subsets import label_subset_indices
+from headstart.data.subsets import LabelAmount
 from headstart.errors import ConfigError, DataError, did_you_mean
 
 log = logging.getLogger(__name__)
@@ -269,6 +269,8 @@ class ImageDataModule(SplitLoaders, pl.LightningDataModule):
         image_mean: list[float] | None = None,
         image_std: list[float] | None = None,
         label_fraction: float = 1.0,
+        label_count: int | None = None,
+        label_sampling: str = "stratified",
         batch_size: int = 64,
         eval_batch_size: int | None = None,
         num_workers: int = 0,
@@ -286,8 +288,7 @@ class ImageDataModule(SplitLoaders, pl.LightningDataModule):
                               f"Use one of: {', '.join(BUILTINS)}.")
         if not 0.0 < val_fraction < 1.0:
             raise ConfigError(f"data.val_fraction={val_fraction} must lie strictly between 0 and 1.")
-        if not 0.0 < label_fraction <= 1.0:
-            raise ConfigError(f"data.label_fraction={label_fraction} must be in (0, 1]: the share of training labels kept.")
+        self.label_amount = LabelAmount(label_fraction, label_count, label_sampling)
         if num_channels not in (1, 3):
             raise ConfigError(f"data.num_channels={num_channels} must be 1 (greyscale) or 3 (RGB).")
         if image_size < 1:
@@ -305,7 +306,6 @@ class ImageDataModule(SplitLoaders, pl.LightningDataModule):
         self.num_channels = num_channels
         self.image_mean = list(image_mean) if image_mean is not None else None
         self.image_std = list(image_std) if image_std is not None else None
-        self.label_fraction = label_fraction
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size or batch_size
         self.num_workers = num_workers
@@ -326,8 +326,8 @@ class ImageDataModule(SplitLoaders, pl.LightningDataModule):
             splits, self.label_names = _folder_splits(self.dirs, self.val_fraction, self.seed)
         # The statistics of all training images, before label_fraction: fewer labels, same images.
         self._processor = self._saved_processor(processor_source) or self._configured_processor(splits["train"])
-        if self.label_fraction < 1.0:
-            keep = label_subset_indices(splits["train"].labels, self.label_fraction, self.seed)
+        if not self.label_amount.everything:
+            keep = self.label_amount.indices(splits["train"].labels, self.seed)
             splits["train"] = splits["train"].subset(torch.tensor(keep))
         self.datasets = {split: self._dataset(data) for split, data in splits.items()}
         log.info("Images: %s, %d classes, processor %s", {s: len(d) for s, d in self.datasets.items()},

@@ -1,5 +1,8 @@
 """word2vec (Mikolov et al., 2013): skip-gram or CBOW with negative sampling and subsampling of
-frequent words.
+frequent words; or ``document`` context: each word is predicted from the mean of the other words of
+its line (a CBOW whose window is the whole document, as in PV-DBOW/fastText-style document vectors),
+which places words that occur in the same documents together (topic and sentiment), where a narrow
+window places words that fill the same slots together (``good`` beside ``bad``).
 
 The backbone is the input embedding matrix (``model=word2vec``, a ``headstart_word2vec`` model) and is
 what the export holds. The output ("context") matrix that scores (centre, context) pairs belongs to
@@ -19,7 +22,7 @@ from torch import nn
 from headstart.errors import ConfigError, DataError
 from headstart.module import HeadstartModule
 
-MODES = ("skipgram", "cbow")
+MODES = ("skipgram", "cbow", "document")
 
 
 def training_token_counts(datamodule, vocab_size: int) -> torch.Tensor:
@@ -84,8 +87,9 @@ class Word2Vec(HeadstartModule):
                  negatives: int = 5, subsample_threshold: float = 1e-3, noise_power: float = 0.75,
                  **kwargs) -> None:
         if mode not in MODES:
-            raise ConfigError(f"task.mode={mode!r} is unknown; use 'skipgram' (predict the context from a word) "
-                              "or 'cbow' (predict a word from its context).")
+            raise ConfigError(f"task.mode={mode!r} is unknown; use 'skipgram' (predict the context from a word), "
+                              "'cbow' (predict a word from its context) or 'document' (predict a word from the "
+                              "rest of its line).")
         for name, value in (("window", window), ("negatives", negatives)):
             if value < 1:
                 raise ConfigError(f"task.{name}={value} must be at least 1.")
@@ -121,20 +125,24 @@ class Word2Vec(HeadstartModule):
             self.set_token_counts(training_token_counts(self.trainer.datamodule, self.noise_probs.numel()))
 
     # -- pairs and loss ----------------------------------------------------------------------
-    def windows(self, batch: dict[str, torch.Tensor], generator: torch.Generator | None = None
-                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Every token's context window after subsampling: (centre ids (B, L), context ids (B, L, 2W),
-        which context slots are real (B, L, 2W)). Dropped words leave no gap, as in word2vec's C code."""
+    def kept_words(self, batch: dict[str, torch.Tensor], generator: torch.Generator | None = None
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The words left after subsampling, moved to the front of their row in order: (ids (B, L),
+        which positions hold a kept word (B, L)). Dropped words leave no gap, as in word2vec's C code."""
         ids = batch["input_ids"]
         words = batch["attention_mask"].bool() if "attention_mask" in batch else torch.ones_like(ids, dtype=torch.bool)
         if "special_tokens_mask" in batch:
             words = words & ~batch["special_tokens_mask"].bool()
         draw = torch.rand(ids.shape, device=ids.device, generator=generator)
         keep = words & (draw < self.keep_probs[ids])
-        # Move the kept words to the front of their row, in order: the window then spans kept words only.
         order = torch.argsort((~keep).to(torch.int8), dim=1, stable=True)
-        ids, keep = ids.gather(1, order), keep.gather(1, order)
+        return ids.gather(1, order), keep.gather(1, order)
 
+    def windows(self, batch: dict[str, torch.Tensor], generator: torch.Generator | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Every token's context window after subsampling: (centre ids (B, L), context ids (B, L, 2W),
+        which context slots are real (B, L, 2W)); the window spans kept words only."""
+        ids, keep = self.kept_words(batch, generator)
         w = self.window
         padded_ids = F.pad(ids, (w, w))
         padded_keep = F.pad(keep, (w, w))
@@ -151,12 +159,20 @@ class Word2Vec(HeadstartModule):
     def forward(self, batch: dict[str, torch.Tensor], generator: torch.Generator | None = None
                 ) -> tuple[torch.Tensor, torch.Tensor, int]:
         """Negative-sampling loss, AUC of true over noise words, and the number of examples in the batch."""
-        centre, context, context_ok = self.windows(batch, generator)
         embed = self.net.get_input_embeddings()
+        if self.mode == "document":  # the mean of the line's other kept words predicts each kept word
+            ids, keep = self.kept_words(batch, generator)
+            vectors = embed(ids) * keep.unsqueeze(-1).to(embed.weight.dtype)
+            others = keep.sum(1, keepdim=True) - 1  # (B, 1)
+            has_context = keep & (others > 0)
+            query = ((vectors.sum(1, keepdim=True) - vectors) / others.clamp(min=1).unsqueeze(-1))[has_context]
+            target = ids[has_context]
+        else:
+            centre, context, context_ok = self.windows(batch, generator)
         if self.mode == "skipgram":  # one example per (centre, context) pair: the centre predicts the context
             query = embed(centre.unsqueeze(-1).expand_as(context)[context_ok])
             target = context[context_ok]
-        else:  # cbow: one example per centre with any context: the mean of the context predicts the centre
+        elif self.mode == "cbow":  # one example per centre with any context: the mean of the context predicts the centre
             has_context = context_ok.any(-1)
             ctx_ok = context_ok[has_context].unsqueeze(-1).to(embed.weight.dtype)
             query = (embed(context[has_context]) * ctx_ok).sum(1) / ctx_ok.sum(1)

@@ -55,24 +55,80 @@ def flatten_overrides(overrides: dict[str, Any] | list[str], prefix: str = "") -
 
 
 def _container(node: Any) -> Any:
-    return OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else node
+    from omegaconf.errors import InterpolationToMissingValueError
+
+    try:
+        return OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else node
+    except InterpolationToMissingValueError as err:  # a stage override refers to a value the user must give
+        missing = str(err).split("Missing mandatory value: ")[-1].splitlines()[0]
+        raise ConfigError(f"{missing} has no value (???), and {err.full_key} needs it. Set it on the command line: "
+                          f"{missing}=... (see the experiment file's header for an example).") from None
 
 
 def shared_overrides(task_overrides: list[str]) -> list[str]:
     """The command-line overrides that apply to every stage."""
     shared = []
     for override in task_overrides:
-        key = override.split("=", 1)[0].lstrip("+~")
+        key = override_key(override)
         if key == "experiment" or key.startswith("pipeline") or key.startswith("hparams_search"):
             continue
         if any(key == k or key.startswith(k + ".") or key.startswith(k + "/") for k in _STAGE_ONLY):
+            value = override.split("=", 1)[1] if "=" in override else ""
             raise ConfigError(
                 f"The override {override!r} would apply to every pipeline stage, but {key.split('.')[0]} differs "
-                f"between stages. Give it to one stage: +pipeline.pretrain.overrides.{key}=... or "
-                f"+pipeline.finetune.overrides.{key}=..."
+                f"between stages. Give it to one stage, in its list of overrides (added to the experiment's own): "
+                f"'pipeline.pretrain.overrides=[\"{key}={value}\"]' or "
+                f"'pipeline.finetune.overrides=[\"{key}={value}\"]'."
             )
         shared.append(override)
     return shared
+
+
+def override_key(override: str) -> str:
+    """``+data.batch_size=8`` -> ``data.batch_size``."""
+    return override.split("=", 1)[0].lstrip("+~")
+
+
+def merge_overrides(base: list[str], added: list[str]) -> list[str]:
+    """``base`` with ``added`` after it; an added override of a key that ``base`` sets replaces that entry."""
+    keys = {override_key(o) for o in added}
+    return [o for o in base if override_key(o) not in keys] + list(added)
+
+
+def _command_line_stage_overrides(stage: str, task_overrides: list[str]) -> tuple[list[str], list[str]]:
+    """What the command line gives ``pipeline.<stage>.overrides``, as stage overrides: from the list
+    (or dict) form ``pipeline.finetune.overrides=[...]`` and from the key form
+    ``+pipeline.finetune.overrides.data=text_files`` (kept as written, so a group choice and its keys,
+    ``...overrides.data=text_files`` and ``...overrides.data.train_files=[a]``, both count). Returns
+    (stage overrides, the command-line entries they came from)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    prefix = f"pipeline.{stage}.overrides"
+    parser = OverridesParser.create()
+    found, entries = [], []
+    for override in task_overrides:
+        key = override_key(override)
+        if key == prefix:
+            entries.append(override)
+            if not override.startswith("~"):
+                found.extend(flatten_overrides(parser.parse_override(override).value()))
+        elif key.startswith(prefix + "."):
+            entries.append(override)
+            found.append(key[len(prefix) + 1:] + "=" + override.split("=", 1)[1])
+    return found, entries
+
+
+def stage_overrides(cfg: DictConfig, stage: str, task_overrides: list[str], config_name: str) -> list[str]:
+    """``pipeline.<stage>.overrides`` as the experiment sets them, with the command line's added
+    (``merge_overrides``), not replacing them."""
+    node = cfg.pipeline.get(stage) or {}
+    from_command_line, entries = _command_line_stage_overrides(stage, task_overrides)
+    if not entries:
+        return flatten_overrides(_container(node.get("overrides")))
+    # The experiment's own: the config composed without the command line's entries for this stage.
+    rest = [o for o in task_overrides if o not in entries]
+    own = flatten_overrides(_container((compose_stage(config_name, rest).pipeline.get(stage) or {}).get("overrides")))
+    return merge_overrides(own, from_command_line)
 
 
 def compose_stage(config_name: str, overrides: list[str]) -> DictConfig:
@@ -85,9 +141,30 @@ def compose_stage(config_name: str, overrides: list[str]) -> DictConfig:
         raise ConfigError(f"A pipeline stage could not be composed from {overrides}: {err}") from None
 
 
+_PRETRAIN_KEYS = ("experiment", "overrides", "from")
+
+
+def _reused_pretraining(pipe: DictConfig) -> dict[str, Any] | None:
+    """``pipeline.pretrain.from``: a finished pretraining to fine-tune from instead of pretraining again."""
+    from headstart.transfer.export import read_metadata
+    from headstart.transfer.handoff import resolve_export_dir
+
+    unknown = sorted(set(pipe.pretrain) - set(_PRETRAIN_KEYS))
+    if unknown:
+        raise ConfigError(f"pipeline.pretrain has no key {unknown[0]!r}; its keys are {list(_PRETRAIN_KEYS)} "
+                          "(from: a pretrain run, pipeline or export directory to reuse instead of pretraining).")
+    source = pipe.pretrain.get("from")
+    if not source:
+        return None
+    export_dir = resolve_export_dir(str(source), "pipeline.pretrain.from")
+    return {"reused_from": str(Path(source).resolve()), "export_dir": str(export_dir.resolve()),
+            "export_metadata": read_metadata(export_dir), "metrics": {}}
+
+
 def run_pipeline(cfg: DictConfig) -> dict[str, Any]:
-    """Pretrain once, then fine-tune from the export and (the baseline) from scratch: once, or at each
-    of ``pipeline.label_fractions`` x ``pipeline.seeds`` with a label-efficiency report."""
+    """Pretrain once (or reuse ``pipeline.pretrain.from``), then fine-tune from the export and (the
+    baseline) from scratch: once, or at each amount of labels x ``pipeline.seeds`` with a
+    label-efficiency report."""
     from hydra.core.hydra_config import HydraConfig
 
     if cfg.resume not in (None, "auto"):
@@ -96,31 +173,44 @@ def run_pipeline(cfg: DictConfig) -> dict[str, Any]:
     hydra_cfg = HydraConfig.get()
     out = Path(cfg.paths.output_dir)
     group = cfg.run_group or f"{cfg.task_name}-{out.name}"
-    shared = shared_overrides(list(hydra_cfg.overrides.task))
+    task_overrides = list(hydra_cfg.overrides.task)
+    shared = shared_overrides(task_overrides)
+    config_name = hydra_cfg.job.config_name
     pipe = cfg.pipeline
-    pretrain_dir = quote(str(out / "pretrain"))
+    amounts = label_amounts(pipe.label_fractions, pipe.label_counts)  # checked before anything trains
+    if not amounts and pipe.seeds:  # several seeds at all the labels: the same report, one row
+        amounts = label_amounts(None, ["all"])
+    reused = _reused_pretraining(pipe)
+    pretrain_overrides = stage_overrides(cfg, "pretrain", task_overrides, config_name)
     finetune_overrides = [f"experiment={pipe.finetune.experiment}",
-                          *flatten_overrides(_container(pipe.finetune.overrides)), f"model.init_from={pretrain_dir}"]
+                          *stage_overrides(cfg, "finetune", task_overrides, config_name),
+                          f"model.init_from={quote(reused['export_dir'] if reused else str(out / 'pretrain'))}"]
     models = {"finetune": finetune_overrides}
     if pipe.scratch_baseline:
-        # Same architecture and tokenizer as the fine-tuned model, random initial weights.
-        models["scratch"] = [*finetune_overrides, "transfer=scratch"]
+        # Same architecture and tokenizer as the fine-tuned model, random initial weights, its own settings.
+        # The fine-tuned model's transfer settings (frozen parts, layer-wise rates) do not apply to it.
+        untransferred = [o for o in finetune_overrides if not override_key(o).startswith("transfer")]
+        models["scratch"] = merge_overrides(untransferred, [
+            *stage_overrides(cfg, "scratch", task_overrides, config_name), "transfer=scratch"])
 
     def run(name: str, overrides: list[str], last: list[str] = ()) -> dict[str, Any]:
-        stage_cfg = compose_stage(hydra_cfg.job.config_name, [
+        stage_cfg = compose_stage(config_name, [
             *overrides, *shared, *last, f"paths.output_dir={quote(str(out / name))}",
             f"run_group={quote(group)}", f"run_name={quote(group + '-' + name.replace('/', '-'))}",
         ])
         log.info("Pipeline stage %s: %s", name, " ".join([*overrides, *last]))
         return run_stage(stage_cfg)
 
-    fractions = _label_fractions(pipe.label_fractions)  # checked before anything trains
-    results = {"pretrain": run("pretrain", [f"experiment={pipe.pretrain.experiment}",
-                                            *flatten_overrides(_container(pipe.pretrain.overrides))])}
-    if fractions:
-        return _label_efficiency(cfg, run, models, fractions, results, out, group)
+    if reused:
+        log.info("Pipeline stage pretrain: reusing %s (pipeline.pretrain.from)", reused["export_dir"])
+        results = {"pretrain": reused}
+    else:
+        results = {"pretrain": run("pretrain", [f"experiment={pipe.pretrain.experiment}", *pretrain_overrides])}
+    if amounts:
+        return _label_efficiency(cfg, run, models, amounts, results, out, group)
+    rates = _learning_rates(pipe.learning_rates)
     for name, overrides in models.items():
-        results[name] = run(name, overrides)
+        results[name] = select_on_validation(run, name, overrides, [], rates)
     summary = compare(results, pipe.metric)
     (out / "pipeline.json").write_text(json.dumps({"metric": pipe.metric, "stages": results, "comparison": summary},
                                                   indent=2))
@@ -128,38 +218,91 @@ def run_pipeline(cfg: DictConfig) -> dict[str, Any]:
     return {"metrics": {f"{stage}/{pipe.metric}": row["value"] for stage, row in summary.items()}, "stages": results}
 
 
-def _label_fractions(values) -> list[float]:
-    fractions = [float(f) for f in values or []]
+def label_amounts(fractions, counts) -> list[dict[str, Any]]:
+    """Each amount of labels a label-efficiency pipeline fine-tunes with: its name (for run
+    directories), its label (for tables) and the data overrides that select it."""
+    amounts = []
+    fractions = [float(f) for f in fractions or []]
     bad = [f for f in fractions if not 0.0 < f <= 1.0]
     if bad:
         raise ConfigError(f"pipeline.label_fractions={fractions} has {bad}, outside (0, 1]: each is the share of the "
                           "training labels a fine-tuning run keeps, e.g. [0.01,0.05,0.1,1.0].")
-    return fractions
+    for f in fractions:
+        amounts.append({"name": f"labels{f:g}", "label": f"{f * 100:g}%", "label_fraction": f, "label_count": None,
+                        "overrides": [f"data.label_fraction={f!r}"]})
+    for c in counts or []:
+        if isinstance(c, str) and c.lower() == "all" or c is None:
+            amounts.append({"name": "labels-all", "label": "all", "label_fraction": 1.0, "label_count": None,
+                            "overrides": []})
+        elif isinstance(c, int) and not isinstance(c, bool) and c > 0:
+            amounts.append({"name": f"labels-n{c}", "label": str(c), "label_fraction": None, "label_count": c,
+                            "overrides": [f"data.label_count={c}"]})
+        else:
+            raise ConfigError(f"pipeline.label_counts={list(counts)} has {c!r}: each entry is a positive number of "
+                              "labelled training examples, or all, e.g. [100,300,1000,all].")
+    return amounts
 
 
-def _label_efficiency(cfg: DictConfig, run, models: dict[str, list[str]], fractions: list[float],
+def _label_efficiency(cfg: DictConfig, run, models: dict[str, list[str]], amounts: list[dict[str, Any]],
                       results: dict[str, Any], out: Path, group: str) -> dict[str, Any]:
-    """Each model at each label fraction and seed (the last overrides, so they win over the command
-    line's), then the label-efficiency report."""
+    """Each model at each amount of labels and seed (the last overrides, so they win over the command
+    line's), its learning rate chosen on validation when ``pipeline.learning_rates`` lists several;
+    then the label-efficiency report."""
     from headstart.pipeline import label_efficiency
 
     pipe = cfg.pipeline
     seeds = [int(s) for s in pipe.seeds] if pipe.seeds else [int(cfg.seed)]
+    rates = _learning_rates(pipe.learning_rates)
     runs = []
-    for fraction in fractions:
+    for amount in amounts:
         for seed in seeds:
             for model, overrides in models.items():
-                name = f"{model}/labels{fraction:g}-seed{seed}"
-                results[name] = run(name, overrides, [f"data.label_fraction={fraction!r}", f"seed={seed}"])
+                name = f"{model}/{amount['name']}-seed{seed}"
+                results[name] = select_on_validation(run, name, overrides, [*amount["overrides"], f"seed={seed}"], rates)
                 metrics = compare({model: results[name]}, pipe.metric)[model]
-                runs.append({"label_fraction": fraction, "seed": seed, "model": model, "metric": pipe.metric,
-                             "value": metrics["value"], "output_dir": metrics["output_dir"]})
+                runs.append({"labels": amount["label"], "label_fraction": amount["label_fraction"],
+                             "label_count": amount["label_count"], "train_examples": results[name].get("train_examples"),
+                             "seed": seed, "model": model, "learning_rate": results[name].get("selected_lr"),
+                             "metric": pipe.metric, "value": metrics["value"], "output_dir": metrics["output_dir"]})
     summary = label_efficiency.report(cfg, runs, pipe.metric, out, group)
     (out / "pipeline.json").write_text(json.dumps({"metric": pipe.metric, "stages": results, "runs": runs,
                                                    "label_efficiency": summary}, indent=2))
-    metrics = {f"{model}/{pipe.metric}@{row['label_fraction']:g}": row[f"{model}_mean"]
-               for row in summary for model in models}
+    metrics = {f"{model}/{pipe.metric}@{row['labels']}": row[f"{model}_mean"] for row in summary for model in models}
     return {"metrics": metrics, "stages": results, "label_efficiency": summary}
+
+
+def _learning_rates(values) -> list[float]:
+    rates = [float(v) for v in values or []]
+    if any(r <= 0 for r in rates):
+        raise ConfigError(f"pipeline.learning_rates={rates} must hold positive learning rates, e.g. [3e-3,1e-2,3e-2], "
+                          "or be null to train each model once at its task.optimizer.lr.")
+    return rates
+
+
+def select_on_validation(run, name: str, overrides: list[str], last: list[str], rates: list[float]) -> dict[str, Any]:
+    """One run of ``name``, or one per learning rate in ``rates`` (``name/lr<rate>``) and the one whose
+    best checkpoint scored best on validation (its task's monitor; ties to the first): the test split
+    never chooses. The result carries ``selected_lr`` and every candidate's validation score."""
+    if not rates:
+        return run(name, overrides, last)
+    candidates = {}
+    for rate in rates:
+        candidates[rate] = run(f"{name}/lr{rate:g}", overrides, [*last, f"task.optimizer.lr={rate!r}"])
+    scores = {rate: _validation_score(result) for rate, result in candidates.items()}
+    maximize = next(iter(candidates.values())).get("monitor", {}).get("mode", "min") == "max"
+    best = (max if maximize else min)(rates, key=lambda r: scores[r])  # the first of equal scores
+    log.info("%s: learning rate %g chosen on validation (%s)", name, best,
+             ", ".join(f"{r:g}: {scores[r]:.4f}" for r in rates))
+    return {**candidates[best], "selected_lr": best, "validation_by_lr": {f"{r:g}": scores[r] for r in rates}}
+
+
+def _validation_score(result: dict[str, Any]) -> float:
+    monitor = result.get("monitor", {}).get("metric")
+    if monitor not in result["metrics"]:
+        raise ConfigError(f"pipeline.learning_rates chooses by the task's monitor on validation, but the run "
+                          f"{result['output_dir']} logged no {monitor!r} (it logged {sorted(result['metrics'])}). "
+                          "Give the data a validation split, or set pipeline.learning_rates=null.")
+    return result["metrics"][monitor]
 
 
 def compare(results: dict[str, dict[str, Any]], metric: str) -> dict[str, dict[str, Any]]:

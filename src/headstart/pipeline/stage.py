@@ -110,6 +110,14 @@ def _peak_rss_mb() -> float | None:
     return round(peak / (1024 * 1024 if sys.platform == "darwin" else 1024), 1)  # bytes on macOS, KiB on Linux
 
 
+def _train_examples(datamodule) -> int | None:
+    """How many training examples the run had (after data.label_fraction / label_count)."""
+    try:
+        return len(datamodule.datasets["train"])
+    except (AttributeError, KeyError, TypeError):
+        return None
+
+
 def run_stage(cfg: DictConfig) -> dict[str, Any]:
     """Train one stage as ``cfg`` says; return its results (also written to results.json)."""
     import lightning.pytorch as pl
@@ -171,6 +179,9 @@ def run_stage(cfg: DictConfig) -> dict[str, Any]:
         logger.log_hyperparams(hparams)
 
     extracted = None
+    # Which checkpoint the metrics come from: "last" (the end of training) unless the best on validation
+    # was tested, in which case the val/ metrics are that checkpoint's too (last_epoch keeps the others).
+    metrics_source: dict[str, Any] = {"val": "last", "train": "last"}
     try:
         if module.trains:
             _fit(trainer, module, datamodule, plan.ckpt_path)
@@ -179,6 +190,14 @@ def run_stage(cfg: DictConfig) -> dict[str, Any]:
                 if trainer.is_global_zero:  # the CSV logger writes on rank 0 only
                     _adopt_csv_columns(loggers)
                 best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+                metrics_source["test"] = "best" if best else "last"
+                if best:
+                    # The validation metrics of the checkpoint that is tested, not of the last epoch.
+                    metrics_source["last_epoch"] = {k: v for k, v in metrics.items() if k.startswith("val/")}
+                    validated = trainer.validate(module, datamodule=datamodule, ckpt_path=best, verbose=False,
+                                                 weights_only=True)
+                    metrics.update({k: float(v) for k, v in (validated[0] if validated else {}).items()})
+                    metrics_source.update(val="best", checkpoint=str(Path(best).resolve()))
                 tested = trainer.test(module, datamodule=datamodule, ckpt_path=best or None, verbose=False,
                                       weights_only=True)
                 metrics.update({k: float(v) for k, v in (tested[0] if tested else {}).items()})
@@ -199,7 +218,10 @@ def run_stage(cfg: DictConfig) -> dict[str, Any]:
         "speed": speed,
         "rank_config_hashes": agreement.rank_hashes,
         "metrics": metrics,
+        "metrics_source": metrics_source,
+        "monitor": {"metric": cfg.task.get("monitor"), "mode": cfg.task.get("monitor_mode")},
         "handoff": {k: len(v) for k, v in handoff.items() if isinstance(v, list)} if handoff else None,
+        "train_examples": _train_examples(datamodule),
         "peak_rss_mb": _peak_rss_mb(),
     }
     first_step = [c.time_to_first_step for c in trainer.callbacks if getattr(c, "time_to_first_step", None)]

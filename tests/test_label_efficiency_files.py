@@ -1,0 +1,106 @@
+"""experiment=label_efficiency_text_files end to end through train.py, on test-made .tsv files with quoted
+multi-line reviews: label counts, learning rates chosen on dev for each model, stage overrides added to
+the experiment's, and a second run that reuses the first one's pretraining (pipeline.pretrain.from)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import random
+
+import pytest
+import yaml
+from conftest import TOPICS, assert_user_error, make_sentence, run_train, write_corpus
+
+
+def write_reviews(path, n_rows: int, seed: int) -> None:
+    """Topic-labelled rows as a .tsv with a header, each text over two lines (quoted), as Python's csv writes."""
+    rng = random.Random(seed)
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f, delimiter="\t")
+        writer.writerow(["sentence", "label"])
+        for _ in range(n_rows):
+            topic = rng.choice(sorted(TOPICS))
+            writer.writerow([f"{make_sentence(rng, topic, 6)}\n\t{make_sentence(rng, topic, 6)}", topic])
+
+
+@pytest.fixture(scope="module")
+def review_files(tmp_path_factory):
+    root = tmp_path_factory.mktemp("reviews")
+    write_corpus(root / "corpus.txt", 400, seed=0)
+    for split, rows, seed in (("train", 90, 1), ("dev", 45, 2), ("test", 60, 3)):
+        write_reviews(root / f"{split}.tsv", rows, seed)
+    return root
+
+
+def files_overrides(root) -> list[str]:
+    return [f"pipeline.files.corpus=[{root / 'corpus.txt'}]", f"pipeline.files.train=[{root / 'train.tsv'}]",
+            f"pipeline.files.dev=[{root / 'dev.tsv'}]", f"pipeline.files.test=[{root / 'test.tsv'}]",
+            "pipeline.files.text_column=sentence", "model.arch.hidden_size=16", "logger=csv"]
+
+
+def pipeline_dir(root):
+    [path] = root.glob("outputs/*/*/pipeline.json")
+    return path.parent
+
+
+@pytest.mark.slow
+def test_files_pipeline_counts_labels_chooses_rates_on_dev_and_reuses_its_pretraining(review_files, tmp_path):
+    first = tmp_path / "first"
+    proc = run_train(["experiment=label_efficiency_text_files", *files_overrides(review_files),
+                      'pipeline.pretrain.overrides=["trainer.max_epochs=2"]',
+                      # Added to the experiment's own finetune overrides; max_steps replaces the experiment's 200.
+                      'pipeline.finetune.overrides=["trainer.max_steps=30","data.batch_size=8"]',
+                      "pipeline.label_counts=[6,all]", "pipeline.seeds=[0]", "pipeline.learning_rates=[0.001,0.1]"],
+                     first)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    out = pipeline_dir(first)
+    with open(out / "label_efficiency.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert sorted((r["labels"], r["train_examples"], r["model"]) for r in rows) == [
+        ("6", "6", "finetune"), ("6", "6", "scratch"), ("all", "90", "finetune"), ("all", "90", "scratch")]
+    stages = json.loads((out / "pipeline.json").read_text())["stages"]
+    for row in rows:
+        run = stages[f"{row['model']}/labels-{'n6' if row['labels'] == '6' else 'all'}-seed0"]
+        # The kept rate is the one whose best checkpoint did best on dev; the value is that run's test accuracy.
+        by_lr = run["validation_by_lr"]
+        assert by_lr[f"{float(row['learning_rate']):g}"] == max(by_lr.values())
+        assert float(row["value"]) == pytest.approx(run["metrics"]["test/acc"])
+        assert run["metrics_source"]["val"] == "best" and run["metrics"]["val/acc"] == by_lr[f"{run['selected_lr']:g}"]
+        config = yaml.safe_load((out / row["model"] / f"labels-{'n6' if row['labels'] == '6' else 'all'}-seed0"
+                                 / f"lr{float(row['learning_rate']):g}" / "config.yaml").read_text())
+        # The experiment's overrides and the command line's, merged.
+        assert config["trainer"]["max_steps"] == 30 and config["data"]["batch_size"] == 8
+        assert config["trainer"]["val_check_interval"] == 20 and config["data"]["text_column"] == "sentence"
+        assert config["data"]["train_files"] == [str(review_files / "train.tsv")]
+        transfer = (config["transfer"]["mode"], config["transfer"]["layer_lr_decay"])
+        assert transfer == (("finetune", 0.1) if row["model"] == "finetune" else ("scratch", 1.0))
+    assert "labelled examples" in proc.stdout and "seeds won" in proc.stdout
+    pretrain = out / "pretrain"
+    assert json.loads((pretrain / "results.json").read_text())["task"] == "Word2Vec"
+
+    second = tmp_path / "second"
+    proc = run_train(["experiment=label_efficiency_text_files", *files_overrides(review_files),
+                      f"pipeline.pretrain.from={out}", 'pipeline.finetune.overrides=["trainer.max_steps=10"]',
+                      "pipeline.label_counts=[6]", "pipeline.seeds=[0,1]", "pipeline.learning_rates=null"], second)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    reused = pipeline_dir(second)
+    assert not (reused / "pretrain").exists()
+    record = json.loads((reused / "pipeline.json").read_text())
+    assert record["stages"]["pretrain"]["reused_from"] == str(out)
+    assert record["stages"]["pretrain"]["export_dir"] == str(pretrain / "export")
+    handoff = json.loads((reused / "finetune" / "labels-n6-seed1" / "handoff_report.json").read_text())
+    assert handoff["loaded"] == ["embeddings.weight"] and handoff["source_run"] == str(pretrain)
+    assert len(record["runs"]) == 4 and {r["seed"] for r in record["runs"]} == {0, 1}
+
+
+def test_pretrain_from_a_directory_without_an_export_is_a_user_error(review_files, tmp_path):
+    proc = run_train(["experiment=label_efficiency_text_files", *files_overrides(review_files),
+                      f"pipeline.pretrain.from={tmp_path}"], tmp_path)
+    assert_user_error(proc, "pipeline.pretrain.from", "holds no exported model")
+    assert not list(tmp_path.glob("outputs/*/*/finetune"))
+
+
+def test_files_pipeline_without_its_files_names_them(tmp_path):
+    proc = run_train(["experiment=label_efficiency_text_files", "logger=none"], tmp_path)
+    assert_user_error(proc, "pipeline.files.corpus")
