@@ -220,8 +220,38 @@ def test_word2vec_loss_by_hand(tokenizer, mode):
     assert loss.item() == pytest.approx((expected / len(examples)).item(), rel=1e-5)
 
 
+def test_document_context_loss_by_hand(tokenizer):
+    """mode=document: each word of a line is predicted from the mean of the line's other words (never
+    itself, never another line's words or padding); lines of one word have no context."""
+    module = word2vec(tokenizer, mode="document", window=1, negatives=1, subsample_threshold=0.0)
+    counts = torch.zeros(len(tokenizer))
+    noise_word = tokenizer.convert_tokens_to_ids("dog")
+    counts[noise_word] = 1.0
+    module.set_token_counts(counts)
+    with torch.no_grad():
+        module.context_embeddings.weight.normal_()
+    lines = ["cat the dog boat", "sail wind", "soup"]
+    loss, _, n = module(batch_of(tokenizer, lines))
+
+    emb, out = module.net.embeddings.weight, module.context_embeddings.weight
+    expected, examples = 0.0, 0
+    for line in lines:
+        ids = tokenizer(line, add_special_tokens=False)["input_ids"]
+        for i, word in enumerate(ids):
+            others = ids[:i] + ids[i + 1:]
+            if not others:
+                continue
+            query = emb[others].mean(0)
+            expected -= F.logsigmoid(query @ out[word])
+            if word != noise_word:
+                expected -= F.logsigmoid(-(query @ out[noise_word]))
+            examples += 1
+    assert n == examples == 6
+    assert loss.item() == pytest.approx((expected / examples).item(), rel=1e-5)
+
+
 def test_word2vec_settings_are_checked(tokenizer):
-    with pytest.raises(ConfigError, match="task.mode='sg'"):
+    with pytest.raises(ConfigError, match="task.mode='sg'.*'document'"):
         word2vec(tokenizer, mode="sg")
     with pytest.raises(ConfigError, match="task.window=0"):
         word2vec(tokenizer, window=0)
