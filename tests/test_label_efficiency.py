@@ -30,14 +30,18 @@ def test_label_subsets_are_stratified_seeded_and_keep_every_class():
 
 
 def test_summary_and_plot_show_both_curves_with_labels_and_legend(tmp_path, monkeypatch):
-    runs = [{"label_fraction": f, "seed": s, "model": m, "metric": "test/acc", "value": v, "output_dir": "x"}
-            for f, m, values in ((0.05, "finetune", (0.7, 0.8)), (0.05, "scratch", (0.3, 0.5)),
-                                 (1.0, "finetune", (0.95, 0.97)), (1.0, "scratch", (0.96, 0.96)))
+    runs = [{"labels": labels, "train_examples": n, "seed": s, "model": m, "metric": "test/acc", "value": v,
+             "output_dir": "x"}
+            for labels, n, m, values in (("all", 1200, "finetune", (0.95, 0.97)), ("all", 1200, "scratch", (0.96, 0.96)),
+                                         ("5%", 60, "finetune", (0.7, 0.8)), ("5%", 60, "scratch", (0.3, 0.5)))
             for s, v in enumerate(values)]
     summary = label_efficiency.summarize(runs)
-    assert [r["label_fraction"] for r in summary] == [0.05, 1.0]
+    assert [r["labels"] for r in summary] == ["5%", "all"]  # by number of labelled examples
     assert summary[0]["finetune_mean"] == pytest.approx(0.75) and summary[0]["scratch_mean"] == pytest.approx(0.4)
     assert summary[0]["gain"] == pytest.approx(0.35) and summary[0]["scratch_std"] == pytest.approx(statistics.stdev([0.3, 0.5]))
+    # Seeds won pair each seed's pretrained and scratch runs: at all labels seed 1 wins (0.97 > 0.96), seed 0 loses.
+    assert (summary[0]["seeds_won"], summary[1]["seeds_won"], summary[1]["seeds_paired"]) == (2, 1, 2)
+    assert [label_efficiency.amount_label(r) for r in summary] == ["60 (5%)", "1200 (all)"]
 
     import matplotlib.pyplot as plt
 
@@ -47,8 +51,10 @@ def test_summary_and_plot_show_both_curves_with_labels_and_legend(tmp_path, monk
     assert (tmp_path / "plot.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     [ax] = figures[0].axes
     assert ax.get_ylabel() == "test/acc" and "labelled" in ax.get_xlabel()
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["60 (5%)", "1200 (all)"]
     assert [t.get_text() for t in ax.get_legend().get_texts()] == ["pretrained + fine-tuned", "from scratch"]
     curves = [line for line in ax.get_lines() if line.get_marker() == "o"]  # not the error bars' caps
+    assert [list(line.get_xdata()) for line in curves] == [[60, 1200], [60, 1200]]
     assert [list(line.get_ydata()) for line in curves] == [[0.75, 0.96], [pytest.approx(0.4), 0.96]]
 
 
@@ -70,6 +76,7 @@ def test_label_efficiency_pipeline_runs_every_fraction_and_seed(tmp_path):
     assert len(rows) == 8
     assert {(r["label_fraction"], r["seed"], r["model"]) for r in rows} == {
         (f, s, m) for f in ("0.05", "1.0") for s in ("0", "1") for m in ("finetune", "scratch")}
+    assert {r["train_examples"] for r in rows if r["label_fraction"] == "0.05"} == {"60"}
     for row in rows:  # each row is the test accuracy its own run reported, with that run's labels and seed
         results = json.loads((out / row["model"] / f"labels{float(row['label_fraction']):g}-seed{row['seed']}"
                               / "results.json").read_text())
@@ -84,7 +91,7 @@ def test_label_efficiency_pipeline_runs_every_fraction_and_seed(tmp_path):
     assert (out / "label_efficiency.png").stat().st_size > 10_000
     summary = json.loads((out / "pipeline.json").read_text())["label_efficiency"]
     assert [r["label_fraction"] for r in summary] == [0.05, 1.0] and all(r["finetune_n"] == 2 for r in summary)
-    assert "What pretraining bought, by share of labels" in proc.stdout
+    assert "What pretraining bought, by number of labels" in proc.stdout and "60 (5%)" in proc.stdout
     # A W&B run of its own for the report, besides the pretrain run and the 8 downstream runs.
     [report_run] = out.glob("wandb/offline-run-*")
     media = report_run / "files" / "media"

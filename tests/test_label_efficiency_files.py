@@ -7,10 +7,11 @@ from __future__ import annotations
 import csv
 import json
 import random
+from pathlib import Path
 
 import pytest
 import yaml
-from conftest import TOPICS, assert_user_error, make_sentence, run_train, write_corpus
+from conftest import TOPICS, assert_user_error, logged, make_sentence, run_train, write_corpus
 
 
 def write_reviews(path, n_rows: int, seed: int) -> None:
@@ -67,6 +68,10 @@ def test_files_pipeline_counts_labels_chooses_rates_on_dev_and_reuses_its_pretra
         assert by_lr[f"{float(row['learning_rate']):g}"] == max(by_lr.values())
         assert float(row["value"]) == pytest.approx(run["metrics"]["test/acc"])
         assert run["metrics_source"]["val"] == "best" and run["metrics"]["val/acc"] == by_lr[f"{run['selected_lr']:g}"]
+        # results.json's val/acc is the tested (best) checkpoint's, the last evaluation's is kept beside it.
+        val_accs = logged(Path(run["output_dir"]), "val/acc")
+        assert run["metrics"]["val/acc"] == pytest.approx(max(val_accs))
+        assert run["metrics_source"]["last_epoch"]["val/acc"] == pytest.approx(val_accs[-2])
         config = yaml.safe_load((out / row["model"] / f"labels-{'n6' if row['labels'] == '6' else 'all'}-seed0"
                                  / f"lr{float(row['learning_rate']):g}" / "config.yaml").read_text())
         # The experiment's overrides and the command line's, merged.

@@ -37,7 +37,9 @@ def _stage_overrides(corpus: Path) -> list[str]:
 @pytest.fixture(scope="module")
 def pipeline_run(tmp_path_factory, corpus_dir, shared_cache):
     root = tmp_path_factory.mktemp("pipeline")
-    proc = run_train(["experiment=text_mlm_pipeline", "logger=csv", *TINY_MODEL, *_stage_overrides(corpus_dir)],
+    # One comparison (no label counts, seeds or learning-rate choice): the hand-off path itself.
+    proc = run_train(["experiment=text_mlm_pipeline", "logger=csv", *TINY_MODEL, *_stage_overrides(corpus_dir),
+                      "pipeline.label_counts=null", "pipeline.seeds=null", "pipeline.learning_rates=null"],
                      root, shared_cache)
     assert proc.returncode == 0, proc.stderr[-4000:]
     [run_dir] = [p.parent for p in root.glob("outputs/*/*/pipeline.json")]

@@ -88,3 +88,5 @@ def test_merge_overrides_replaces_by_key():
     from headstart.pipeline.runner import merge_overrides
 
     assert merge_overrides(["a=1", "+b=2", "model=x"], ["b=3", "c=4"]) == ["a=1", "model=x", "b=3", "c=4"]
+    # ~key drops the experiment's entry for key; for a key the experiment does not set it stays Hydra's deletion.
+    assert merge_overrides(["task.mode=document", "a=1"], ["~task.mode", "~other"]) == ["a=1", "~other"]

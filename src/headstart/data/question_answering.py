@@ -28,7 +28,7 @@ from typing import Any
 import torch
 
 from headstart.data import files
-from headstart.data.subsets import LabelAmount, random_subset_indices
+from headstart.data.subsets import LabelAmount, column_array, random_subset_indices
 from headstart.data.text_base import TextDataModule
 from headstart.errors import ConfigError, DataError
 
@@ -227,7 +227,7 @@ class QuestionAnsweringDataModule(TextDataModule):
         super().prepare(tokenizer_source)
         train = self.datasets["train"]
         if not self.label_amount.everything:  # a share of the questions, with all their windows
-            example_ids = train.with_format("numpy")["example_id"].tolist()
+            example_ids = column_array(train, "example_id").tolist()
             kept = set(random_subset_indices(max(example_ids) + 1, self.label_amount.fraction, self.seed,
                                              count=self.label_amount.count))
             train = train.select([i for i, e in enumerate(example_ids) if e in kept])
