@@ -189,10 +189,9 @@ def test_negative_sampling_loss_by_hand():
     assert loss.item() == pytest.approx(3 * math.log(2)) and auc.item() == 0.5
 
 
-@pytest.mark.parametrize("mode", ["skipgram", "cbow"])
-def test_word2vec_loss_by_hand(tokenizer, mode):
-    """window=1, no subsampling, one negative that is always the same word: the forward pass is
-    deterministic and small enough to write out."""
+def deterministic_word2vec(tokenizer, mode: str) -> tuple[Word2Vec, int]:
+    """window=1, no subsampling, one negative that is always the same word ("dog", returned), and
+    random context vectors: a forward pass small and deterministic enough to write out by hand."""
     module = word2vec(tokenizer, mode=mode, window=1, negatives=1, subsample_threshold=0.0)
     counts = torch.zeros(len(tokenizer))
     noise_word = tokenizer.convert_tokens_to_ids("dog")
@@ -200,6 +199,12 @@ def test_word2vec_loss_by_hand(tokenizer, mode):
     module.set_token_counts(counts)
     with torch.no_grad():
         module.context_embeddings.weight.normal_()
+    return module, noise_word
+
+
+@pytest.mark.parametrize("mode", ["skipgram", "cbow"])
+def test_word2vec_loss_by_hand(tokenizer, mode):
+    module, noise_word = deterministic_word2vec(tokenizer, mode)
     ids = tokenizer("cat the dog boat", add_special_tokens=False)["input_ids"]
     loss, _, n = module(batch_of(tokenizer, ["cat the dog boat"]))
 
@@ -223,13 +228,7 @@ def test_word2vec_loss_by_hand(tokenizer, mode):
 def test_document_context_loss_by_hand(tokenizer):
     """mode=document: each word of a line is predicted from the mean of the line's other words (never
     itself, never another line's words or padding); lines of one word have no context."""
-    module = word2vec(tokenizer, mode="document", window=1, negatives=1, subsample_threshold=0.0)
-    counts = torch.zeros(len(tokenizer))
-    noise_word = tokenizer.convert_tokens_to_ids("dog")
-    counts[noise_word] = 1.0
-    module.set_token_counts(counts)
-    with torch.no_grad():
-        module.context_embeddings.weight.normal_()
+    module, noise_word = deterministic_word2vec(tokenizer, "document")
     lines = ["cat the dog boat", "sail wind", "soup"]
     loss, _, n = module(batch_of(tokenizer, lines))
 

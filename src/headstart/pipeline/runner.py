@@ -92,11 +92,10 @@ def override_key(override: str) -> str:
 def merge_overrides(base: list[str], added: list[str]) -> list[str]:
     """``base`` with ``added`` after it; an added override of a key that ``base`` sets replaces that
     entry, and a bare ``~key`` removes it (elsewhere ``~key`` is Hydra's deletion of a config key)."""
-    keys = {override_key(o) for o in added}
     base_keys = {override_key(o) for o in base}
-    removals = {override_key(o) for o in added if o.startswith("~") and "=" not in o} & base_keys
-    return [o for o in base if override_key(o) not in keys] + [o for o in added if override_key(o) not in removals
-                                                               or not o.startswith("~")]
+    removed = {override_key(o) for o in added if o.startswith("~") and "=" not in o} & base_keys
+    replaced = {override_key(o) for o in added}
+    return [o for o in base if override_key(o) not in replaced] + [o for o in added if override_key(o) not in removed]
 
 
 def _command_line_stage_overrides(stage: str, task_overrides: list[str]) -> tuple[list[str], list[str]]:
