@@ -156,27 +156,29 @@ class Word2Vec(HeadstartModule):
         context_ok = context_ok & keep.unsqueeze(-1) & (distance <= reach.unsqueeze(-1))
         return ids, context, context_ok
 
-    def forward(self, batch: dict[str, torch.Tensor], generator: torch.Generator | None = None
-                ) -> tuple[torch.Tensor, torch.Tensor, int]:
-        """Negative-sampling loss, AUC of true over noise words, and the number of examples in the batch."""
+    def examples(self, batch: dict[str, torch.Tensor], generator: torch.Generator | None = None
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The (query vector, true word) of every training example in the batch, by mode."""
         embed = self.net.get_input_embeddings()
         if self.mode == "document":  # the mean of the line's other kept words predicts each kept word
             ids, keep = self.kept_words(batch, generator)
             vectors = embed(ids) * keep.unsqueeze(-1).to(embed.weight.dtype)
             others = keep.sum(1, keepdim=True) - 1  # (B, 1)
             has_context = keep & (others > 0)
-            query = ((vectors.sum(1, keepdim=True) - vectors) / others.clamp(min=1).unsqueeze(-1))[has_context]
-            target = ids[has_context]
-        else:
-            centre, context, context_ok = self.windows(batch, generator)
+            query = (vectors.sum(1, keepdim=True) - vectors) / others.clamp(min=1).unsqueeze(-1)
+            return query[has_context], ids[has_context]
+        centre, context, context_ok = self.windows(batch, generator)
         if self.mode == "skipgram":  # one example per (centre, context) pair: the centre predicts the context
-            query = embed(centre.unsqueeze(-1).expand_as(context)[context_ok])
-            target = context[context_ok]
-        elif self.mode == "cbow":  # one example per centre with any context: the mean of the context predicts the centre
-            has_context = context_ok.any(-1)
-            ctx_ok = context_ok[has_context].unsqueeze(-1).to(embed.weight.dtype)
-            query = (embed(context[has_context]) * ctx_ok).sum(1) / ctx_ok.sum(1)
-            target = centre[has_context]
+            return embed(centre.unsqueeze(-1).expand_as(context)[context_ok]), context[context_ok]
+        # cbow: one example per centre with any context: the mean of the context predicts the centre
+        has_context = context_ok.any(-1)
+        ctx_ok = context_ok[has_context].unsqueeze(-1).to(embed.weight.dtype)
+        return (embed(context[has_context]) * ctx_ok).sum(1) / ctx_ok.sum(1), centre[has_context]
+
+    def forward(self, batch: dict[str, torch.Tensor], generator: torch.Generator | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor, int]:
+        """Negative-sampling loss, AUC of true over noise words, and the number of examples in the batch."""
+        query, target = self.examples(batch, generator)
         n = target.numel()
         if n == 0:  # every word dropped: a zero loss that still touches every parameter (DDP needs all grads)
             zero = sum(p.sum() for p in self.parameters() if p.requires_grad) * 0.0
