@@ -36,13 +36,13 @@ def domain_overrides(domain: str) -> list[str]:
             f"pipeline.files.test=[{REVIEWS / f'{domain}_test.tsv'}]", "pipeline.files.text_column=sentence"]
 
 
-def run_domain(domain: str, root: Path, extra: list[str], pretrain_dir: Path | None) -> tuple[Path, dict]:
+def run_domain(domain: str, root: Path, extra: list[str], pretrain_dir: Path | None, name: str) -> tuple[Path, dict]:
     reuse = [f"pipeline.pretrain.from={pretrain_dir}"] if pretrain_dir else []
     run_dir, wall = run_train(["logger=csv", *domain_overrides(domain), *reuse, *extra], root / domain,
                               timeout=3 * 3600, results_glob="outputs/*/*/pipeline.json")
     pipeline = json.loads((run_dir / "pipeline.json").read_text())
     RESULTS.mkdir(parents=True, exist_ok=True)
-    shutil.copy(run_dir / "label_efficiency.png", RESULTS / f"reviews_label_efficiency_{domain}.png")
+    shutil.copy(run_dir / "label_efficiency.png", RESULTS / f"{name}_{domain}.png")
     return run_dir, {"wall_s": round(wall, 1), "reused_pretraining": pretrain_dir is not None,
                      "summary": pipeline["label_efficiency"], "runs": pipeline["runs"]}
 
@@ -52,6 +52,8 @@ def main() -> None:
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--domains", nargs="*", default=[])
+    parser.add_argument("--name", default="reviews_label_efficiency",
+                        help="results file, plots and BENCHMARKS.md table name")
     args, extra = parser.parse_known_args()
     domains = chosen(parser, args.domains, DOMAINS, "domains")
     if not REVIEWS.is_dir():
@@ -59,10 +61,10 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench-reviews-") as tmp:
         # The first domain pretrains (its wall time is the whole experiment's); the others reuse that
         # pretraining and run two at a time, so their wall times are upper bounds.
-        first_dir, first = run_domain(domains[0], Path(tmp), extra, None)
+        first_dir, first = run_domain(domains[0], Path(tmp), extra, None, args.name)
         results = {domains[0]: first}
         with ThreadPoolExecutor(max_workers=2) as pool:
-            rest = pool.map(lambda d: run_domain(d, Path(tmp), extra, first_dir / "pretrain")[1], domains[1:])
+            rest = pool.map(lambda d: run_domain(d, Path(tmp), extra, first_dir / "pretrain", args.name)[1], domains[1:])
             results.update(zip(domains[1:], rest, strict=True))
     rows = []
     for domain, result in results.items():
@@ -74,13 +76,12 @@ def main() -> None:
     walls = ", ".join(f"{d} {r['wall_s'] / 60:.1f} min" + (" (pretraining reused, two domains at a time)"
                                                              if r["reused_pretraining"] else " (with pretraining)")
                       for d, r in results.items())
-    command = " ".join(["python bench/reviews_label_efficiency.py", *extra])
+    command = " ".join(["python bench/reviews_label_efficiency.py", *sys.argv[1:]])
     table = markdown_table(["domain", "labelled examples", "pretrained + fine-tuned", "from scratch", "gain (points)",
                             "seeds won"], rows)
     table += measured_on(machine(), command, before=f"Wall time per domain: {walls}. ",
-                         after="; plots: " + ", ".join(f"[{d}](bench/results/reviews_label_efficiency_{d}.png)"
-                                                       for d in results))
-    write_results("reviews_label_efficiency", {"machine": machine(), "command": command, "domains": results}, table)
+                         after="; plots: " + ", ".join(f"[{d}](bench/results/{args.name}_{d}.png)" for d in results))
+    write_results(args.name, {"machine": machine(), "command": command, "domains": results}, table)
     print(table)
 
 

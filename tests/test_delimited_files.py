@@ -58,3 +58,33 @@ def test_classifier_data_module_trains_on_tsv_splits(tmp_path):
                                           cache_dir=str(tmp_path / "cache"))
     module.prepare()
     assert module.label_names == ["0", "1"] and len(module.datasets["train"]) == 40
+
+
+def test_eval_rows_with_training_text_are_counted_and_dropped_on_request(tmp_path, caplog):
+    """Public data sets can hold the same review in train and test (the shared reviews do, 85% of
+    their test rows): counted always, dropped with data.drop_eval_overlap, also against a corpus."""
+    train = [(f"review number {i} was fine", str(i % 2)) for i in range(20)]
+    test = train[:6] + [(f"A new review {i}", str(i % 2)) for i in range(4)]  # 6 training texts, 4 new
+    # 3 training texts that differ in case and spacing only, one new, one from the corpus.
+    dev = [(f"Review number {i} was  FINE", str(i % 2)) for i in range(3)] + [("unseen dev text", "1"),
+                                                                             ("corpus only text", "0")]
+    paths = {name: write_delimited(tmp_path / f"{name}.tsv", rows) for name, rows in
+             (("train", train), ("test", test), ("dev", dev))}
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("corpus only text\nsomething else\n")
+
+    def module(**kwargs):
+        data = TextClassificationDataModule(train_files=[str(paths["train"])], val_files=[str(paths["dev"])],
+                                            test_files=[str(paths["test"])], text_column="sentence", vocab_size=100,
+                                            max_length=16, cache_dir=str(tmp_path / "cache"), **kwargs)
+        data.prepare()
+        return {split: len(ds) for split, ds in data.datasets.items()}
+
+    with caplog.at_level("WARNING"):
+        assert module() == {"train": 20, "validation": 5, "test": 10}
+    assert "6 of 10 test rows (60%)" in caplog.text and "3 of 5 validation rows" in caplog.text
+    assert module(drop_eval_overlap=True) == {"train": 20, "validation": 2, "test": 4}
+    assert module(drop_eval_overlap=True, overlap_files=[str(corpus)]) == {"train": 20, "validation": 1, "test": 4}
+    with pytest.raises(DataError, match="leaves no test data"):
+        paths["test"] = write_delimited(tmp_path / "test_all_seen.tsv", train[:3])
+        module(drop_eval_overlap=True)

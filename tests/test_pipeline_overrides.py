@@ -78,8 +78,9 @@ def test_command_line_stage_overrides_add_to_the_experiments_own():
 
 def test_key_form_keeps_a_group_choice_and_its_keys():
     """+pipeline.pretrain.overrides.data=text_files and ...data.train_files=[...] together: the config
-    can hold only one of them (data becomes a mapping), the stage gets both."""
-    got = _stage_overrides(["+pipeline.pretrain.overrides.data=text_files",
+    can hold only one of them (data becomes a mapping), the stage gets both. (The key form needs an
+    experiment that gives the stage no list of its own: Hydra cannot add a key to a list.)"""
+    got = _stage_overrides(["experiment=text_mlm_pipeline", "+pipeline.pretrain.overrides.data=text_files",
                             "+pipeline.pretrain.overrides.data.train_files=[a.txt]"], "pretrain")
     assert got == ["data=text_files", "data.train_files=[a.txt]"]
 

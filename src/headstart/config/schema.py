@@ -115,6 +115,10 @@ class TextLMDataConfig(TextDataConfig):
 class TextClassificationDataConfig(TextDataConfig, LabelAmountFields):
     _target_: str = "headstart.data.text_classification.TextClassificationDataModule"
     label_column: str = "label"
+    # Validation/test rows with the text of a training row (or of a row of overlap_files, e.g. the
+    # pretraining corpus) are counted in the log; true: dropped, so metrics measure generalisation.
+    drop_eval_overlap: bool = False
+    overlap_files: list[str] = field(default_factory=list)
 
 
 @dataclass
