@@ -78,6 +78,7 @@ def test_files_pipeline_counts_labels_chooses_rates_on_dev_and_reuses_its_pretra
         assert config["trainer"]["max_steps"] == 30 and config["data"]["batch_size"] == 8
         assert config["trainer"]["val_check_interval"] == 20 and config["data"]["text_column"] == "sentence"
         assert config["data"]["train_files"] == [str(review_files / "train.tsv")]
+        assert config["data"]["drop_eval_overlap"] and config["data"]["overlap_files"] == [str(review_files / "corpus.txt")]
         transfer = (config["transfer"]["mode"], config["transfer"]["layer_lr_decay"])
         assert transfer == (("finetune", 0.1) if row["model"] == "finetune" else ("scratch", 1.0))
     assert "labelled examples" in proc.stdout and "seeds won" in proc.stdout
