@@ -64,10 +64,11 @@ def test_files_pipeline_counts_labels_chooses_rates_on_dev_and_reuses_its_pretra
     for row in rows:
         run = stages[f"{row['model']}/labels-{'n6' if row['labels'] == '6' else 'all'}-seed0"]
         # The kept rate is the one whose best checkpoint did best on dev; the value is that run's test accuracy.
-        by_lr = run["validation_by_lr"]
-        assert by_lr[f"{float(row['learning_rate']):g}"] == max(by_lr.values())
+        by_lr = run["validation_by_candidate"]
+        assert set(by_lr) == {"lr0.001", "lr0.1"} and by_lr[f"lr{float(row['learning_rate']):g}"] == max(by_lr.values())
         assert float(row["value"]) == pytest.approx(run["metrics"]["test/acc"])
-        assert run["metrics_source"]["val"] == "best" and run["metrics"]["val/acc"] == by_lr[f"{run['selected_lr']:g}"]
+        assert run["selected"] == {"task.optimizer.lr": float(row["learning_rate"])}
+        assert run["metrics_source"]["val"] == "best" and run["metrics"]["val/acc"] == max(by_lr.values())
         # results.json's val/acc is the tested (best) checkpoint's, the last evaluation's is kept beside it.
         val_accs = logged(Path(run["output_dir"]), "val/acc")
         assert run["metrics"]["val/acc"] == pytest.approx(max(val_accs))

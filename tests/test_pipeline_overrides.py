@@ -91,3 +91,19 @@ def test_merge_overrides_replaces_by_key():
     assert merge_overrides(["a=1", "+b=2", "model=x"], ["b=3", "c=4"]) == ["a=1", "model=x", "b=3", "c=4"]
     # ~key drops the experiment's entry for key; for a key the experiment does not set it stays Hydra's deletion.
     assert merge_overrides(["task.mode=document", "a=1"], ["~task.mode", "~other"]) == ["a=1", "~other"]
+
+
+def test_search_grids_cross_learning_rates_with_each_stages_search():
+    from headstart.pipeline.runner import _candidate_name, search_grids
+
+    pipe = OmegaConf.create({"learning_rates": [0.01, 0.1], "finetune": {"search": {"transfer.layer_lr_decay": [0.1, 1.0]}},
+                             "scratch": {"search": None}})
+    grids = search_grids(pipe, {"finetune": [], "scratch": []})
+    assert [_candidate_name(s) for s in grids["finetune"]] == [
+        "lr0.01-layer_lr_decay0.1", "lr0.01-layer_lr_decay1", "lr0.1-layer_lr_decay0.1", "lr0.1-layer_lr_decay1"]
+    assert grids["scratch"] == [{"task.optimizer.lr": 0.01}, {"task.optimizer.lr": 0.1}]
+    assert search_grids(OmegaConf.create({"learning_rates": None}), {"finetune": []}) == {"finetune": []}
+    with pytest.raises(ConfigError, match="pipeline.learning_rates"):
+        search_grids(OmegaConf.create({"learning_rates": [0.0]}), {"finetune": []})
+    with pytest.raises(ConfigError, match="pipeline.finetune.search"):
+        search_grids(OmegaConf.create({"learning_rates": None, "finetune": {"search": {"a": []}}}), {"finetune": []})

@@ -202,13 +202,17 @@ class StageConfig:
 
     experiment: str = MISSING
     overrides: Any = None
+    # Settings chosen on validation with pipeline.learning_rates, e.g. {transfer.layer_lr_decay: [0.1, 1.0]}.
+    search: dict[str, Any] | None = None
 
 
 @dataclass
 class ScratchStageConfig:
-    """The from-scratch baseline: the finetune stage's overrides, then these (its own learning rate)."""
+    """The from-scratch baseline: the finetune stage's overrides, then these; ``search`` as the
+    finetune stage's (its own settings chosen on validation)."""
 
     overrides: Any = None
+    search: dict[str, Any] | None = None
 
 
 @dataclass

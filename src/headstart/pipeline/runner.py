@@ -3,6 +3,7 @@ in a subdirectory of the pipeline's run directory, with the hand-off wired betwe
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import re
@@ -211,9 +212,9 @@ def run_pipeline(cfg: DictConfig) -> dict[str, Any]:
         results = {"pretrain": run("pretrain", [f"experiment={pipe.pretrain.experiment}", *pretrain_overrides])}
     if amounts:
         return _label_efficiency(cfg, run, models, amounts, results, out, group)
-    rates = _learning_rates(pipe.learning_rates)
+    grids = search_grids(pipe, models)
     for name, overrides in models.items():
-        results[name] = select_on_validation(run, name, overrides, [], rates)
+        results[name] = select_on_validation(run, name, overrides, [], grids[name])
     summary = compare(results, pipe.metric)
     (out / "pipeline.json").write_text(json.dumps({"metric": pipe.metric, "stages": results, "comparison": summary},
                                                   indent=2))
@@ -249,23 +250,25 @@ def label_amounts(fractions, counts) -> list[dict[str, Any]]:
 def _label_efficiency(cfg: DictConfig, run, models: dict[str, list[str]], amounts: list[dict[str, Any]],
                       results: dict[str, Any], out: Path, group: str) -> dict[str, Any]:
     """Each model at each amount of labels and seed (the last overrides, so they win over the command
-    line's), its learning rate chosen on validation when ``pipeline.learning_rates`` lists several;
-    then the label-efficiency report."""
+    line's), its learning rate (and the stage's ``search`` settings) chosen on validation; then the
+    label-efficiency report."""
     from headstart.pipeline import label_efficiency
 
     pipe = cfg.pipeline
     seeds = [int(s) for s in pipe.seeds] if pipe.seeds else [int(cfg.seed)]
-    rates = _learning_rates(pipe.learning_rates)
+    grids = search_grids(pipe, models)
     runs = []
     for amount in amounts:
         for seed in seeds:
             for model, overrides in models.items():
                 name = f"{model}/{amount['name']}-seed{seed}"
-                results[name] = select_on_validation(run, name, overrides, [*amount["overrides"], f"seed={seed}"], rates)
+                results[name] = select_on_validation(run, name, overrides, [*amount["overrides"], f"seed={seed}"],
+                                                     grids[model])
                 metrics = compare({model: results[name]}, pipe.metric)[model]
                 runs.append({"labels": amount["label"], "label_fraction": amount["label_fraction"],
                              "label_count": amount["label_count"], "train_examples": results[name].get("train_examples"),
-                             "seed": seed, "model": model, "learning_rate": results[name].get("selected_lr"),
+                             "seed": seed, "model": model,
+                             "learning_rate": results[name].get("selected", {}).get("task.optimizer.lr"),
                              "metric": pipe.metric, "value": metrics["value"], "output_dir": metrics["output_dir"]})
     summary = label_efficiency.report(cfg, runs, pipe.metric, out, group)
     (out / "pipeline.json").write_text(json.dumps({"metric": pipe.metric, "stages": results, "runs": runs,
@@ -274,35 +277,57 @@ def _label_efficiency(cfg: DictConfig, run, models: dict[str, list[str]], amount
     return {"metrics": metrics, "stages": results, "label_efficiency": summary}
 
 
-def _learning_rates(values) -> list[float]:
-    rates = [float(v) for v in values or []]
+def search_grids(pipe: DictConfig, models: dict[str, list[str]]) -> dict[str, list[dict[str, Any]]]:
+    """Per downstream model, the settings to choose from on validation: every combination of
+    ``pipeline.learning_rates`` (both models) and the model's stage ``search`` (``{key: [values]}``,
+    e.g. ``pipeline.finetune.search={transfer.layer_lr_decay: [0.1, 1.0]}``); empty: one run as configured."""
+    rates = [float(v) for v in pipe.learning_rates or []]
     if any(r <= 0 for r in rates):
         raise ConfigError(f"pipeline.learning_rates={rates} must hold positive learning rates, e.g. [3e-3,1e-2,3e-2], "
                           "or be null to train each model once at its task.optimizer.lr.")
-    return rates
+    grids = {}
+    for model in models:
+        search = dict(_container((pipe.get(model) or {}).get("search")) or {})
+        bad = {k: v for k, v in search.items() if not isinstance(v, list) or not v}
+        if bad:
+            raise ConfigError(f"pipeline.{model}.search={search} needs a non-empty list of values per key, e.g. "
+                              f"{{transfer.layer_lr_decay: [0.1, 1.0]}}; {sorted(bad)} has none.")
+        grid = {**({"task.optimizer.lr": rates} if rates else {}), **search}
+        grids[model] = [dict(zip(grid, values, strict=True)) for values in itertools.product(*grid.values())] \
+            if grid else []
+    return grids
 
 
-def select_on_validation(run, name: str, overrides: list[str], last: list[str], rates: list[float]) -> dict[str, Any]:
-    """One run of ``name``, or one per learning rate in ``rates`` (``name/lr<rate>``) and the one whose
-    best checkpoint scored best on validation (its task's monitor; ties to the first): the test split
-    never chooses. The result carries ``selected_lr`` and every candidate's validation score."""
-    if not rates:
+def _candidate_name(settings: dict[str, Any]) -> str:
+    """``{task.optimizer.lr: 0.01, transfer.layer_lr_decay: 0.1}`` -> ``lr0.01-layer_lr_decay0.1``."""
+    return "-".join(f"{key.rsplit('.', 1)[-1]}{value:g}" if isinstance(value, (int, float)) else
+                    f"{key.rsplit('.', 1)[-1]}{value}" for key, value in settings.items())
+
+
+def select_on_validation(run, name: str, overrides: list[str], last: list[str],
+                         grid: list[dict[str, Any]]) -> dict[str, Any]:
+    """One run of ``name``, or one per setting of ``grid`` (``name/<setting>``, e.g. ``name/lr0.01``)
+    and the one whose best checkpoint scored best on validation (its task's monitor; ties to the
+    first): the test split never chooses. The result carries ``selected`` (the chosen settings) and
+    every candidate's validation score."""
+    if not grid:
         return run(name, overrides, last)
     candidates = {}
-    for rate in rates:
-        candidates[rate] = run(f"{name}/lr{rate:g}", overrides, [*last, f"task.optimizer.lr={rate!r}"])
-    scores = {rate: _validation_score(result) for rate, result in candidates.items()}
-    maximize = next(iter(candidates.values())).get("monitor", {}).get("mode", "min") == "max"
-    best = (max if maximize else min)(rates, key=lambda r: scores[r])  # the first of equal scores
-    log.info("%s: learning rate %g chosen on validation (%s)", name, best,
-             ", ".join(f"{r:g}: {scores[r]:.4f}" for r in rates))
-    return {**candidates[best], "selected_lr": best, "validation_by_lr": {f"{r:g}": scores[r] for r in rates}}
+    for settings in grid:
+        candidates[_candidate_name(settings)] = settings, run(
+            f"{name}/{_candidate_name(settings)}", overrides, [*last, *(f"{k}={quote(v)}" for k, v in settings.items())])
+    scores = {key: _validation_score(result) for key, (_, result) in candidates.items()}
+    maximize = next(iter(candidates.values()))[1].get("monitor", {}).get("mode", "min") == "max"
+    best = (max if maximize else min)(scores, key=lambda key: scores[key])  # the first of equal scores
+    log.info("%s: %s chosen on validation (%s)", name, best, ", ".join(f"{k}: {v:.4f}" for k, v in scores.items()))
+    settings, result = candidates[best]
+    return {**result, "selected": settings, "validation_by_candidate": scores}
 
 
 def _validation_score(result: dict[str, Any]) -> float:
     monitor = result.get("monitor", {}).get("metric")
     if monitor not in result["metrics"]:
-        raise ConfigError(f"pipeline.learning_rates chooses by the task's monitor on validation, but the run "
+        raise ConfigError(f"pipeline.learning_rates (and search) choose by the task's monitor on validation, but the run "
                           f"{result['output_dir']} logged no {monitor!r} (it logged {sorted(result['metrics'])}). "
                           "Give the data a validation split, or set pipeline.learning_rates=null.")
     return result["metrics"][monitor]
