@@ -96,7 +96,7 @@ def test_merge_overrides_replaces_by_key():
 def test_search_grids_cross_learning_rates_with_each_stages_search():
     from headstart.pipeline.runner import _candidate_name, search_grids
 
-    pipe = OmegaConf.create({"learning_rates": [0.01, 0.1], "finetune": {"search": {"transfer.layer_lr_decay": [0.1, 1.0]}},
+    pipe = OmegaConf.create({"learning_rates": [0.01, 0.1], "finetune": {"search": ["transfer.layer_lr_decay=0.1,1.0"]},
                              "scratch": {"search": None}})
     grids = search_grids(pipe, {"finetune": [], "scratch": []})
     assert [_candidate_name(s) for s in grids["finetune"]] == [
@@ -105,5 +105,8 @@ def test_search_grids_cross_learning_rates_with_each_stages_search():
     assert search_grids(OmegaConf.create({"learning_rates": None}), {"finetune": []}) == {"finetune": []}
     with pytest.raises(ConfigError, match="pipeline.learning_rates"):
         search_grids(OmegaConf.create({"learning_rates": [0.0]}), {"finetune": []})
+    one = search_grids(OmegaConf.create({"learning_rates": None, "finetune": {"search": ["data.batch_size=8"]}}),
+                       {"finetune": []})
+    assert one == {"finetune": [{"data.batch_size": 8}]}
     with pytest.raises(ConfigError, match="pipeline.finetune.search"):
-        search_grids(OmegaConf.create({"learning_rates": None, "finetune": {"search": {"a": []}}}), {"finetune": []})
+        search_grids(OmegaConf.create({"learning_rates": None, "finetune": {"search": ["no value"]}}), {"finetune": []})

@@ -202,8 +202,9 @@ class StageConfig:
 
     experiment: str = MISSING
     overrides: Any = None
-    # Settings chosen on validation with pipeline.learning_rates, e.g. {transfer.layer_lr_decay: [0.1, 1.0]}.
-    search: dict[str, Any] | None = None
+    # Settings chosen on validation with pipeline.learning_rates, as Hydra sweeps:
+    # ["transfer.layer_lr_decay=0.1,0.3"].
+    search: list[str] | None = None
 
 
 @dataclass
@@ -212,7 +213,7 @@ class ScratchStageConfig:
     finetune stage's (its own settings chosen on validation)."""
 
     overrides: Any = None
-    search: dict[str, Any] | None = None
+    search: list[str] | None = None
 
 
 @dataclass

@@ -279,20 +279,28 @@ def _label_efficiency(cfg: DictConfig, run, models: dict[str, list[str]], amount
 
 def search_grids(pipe: DictConfig, models: dict[str, list[str]]) -> dict[str, list[dict[str, Any]]]:
     """Per downstream model, the settings to choose from on validation: every combination of
-    ``pipeline.learning_rates`` (both models) and the model's stage ``search`` (``{key: [values]}``,
-    e.g. ``pipeline.finetune.search={transfer.layer_lr_decay: [0.1, 1.0]}``); empty: one run as configured."""
+    ``pipeline.learning_rates`` (both models) and the model's stage ``search``, sweeps written as on
+    Hydra's command line (``pipeline.finetune.search=["transfer.layer_lr_decay=0.1,0.3"]``); empty:
+    one run as configured."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+
     rates = [float(v) for v in pipe.learning_rates or []]
     if any(r <= 0 for r in rates):
         raise ConfigError(f"pipeline.learning_rates={rates} must hold positive learning rates, e.g. [3e-3,1e-2,3e-2], "
                           "or be null to train each model once at its task.optimizer.lr.")
+    parser = OverridesParser.create()
     grids = {}
     for model in models:
-        search = dict(_container((pipe.get(model) or {}).get("search")) or {})
-        bad = {k: v for k, v in search.items() if not isinstance(v, list) or not v}
-        if bad:
-            raise ConfigError(f"pipeline.{model}.search={search} needs a non-empty list of values per key, e.g. "
-                              f"{{transfer.layer_lr_decay: [0.1, 1.0]}}; {sorted(bad)} has none.")
-        grid = {**({"task.optimizer.lr": rates} if rates else {}), **search}
+        grid: dict[str, list[Any]] = {"task.optimizer.lr": rates} if rates else {}
+        for entry in (pipe.get(model) or {}).get("search") or []:
+            try:
+                override = parser.parse_override(str(entry))
+            except HydraException as err:
+                raise ConfigError(f"pipeline.{model}.search has {entry!r}, which is not key=value1,value2,... "
+                                  f"({err}). E.g. 'pipeline.{model}.search=[\"transfer.layer_lr_decay=0.1,0.3\"]'.") from None
+            value = override.value()
+            grid[override.key_or_group] = list(value.list) if override.is_sweep_override() else [value]
         grids[model] = [dict(zip(grid, values, strict=True)) for values in itertools.product(*grid.values())] \
             if grid else []
     return grids
