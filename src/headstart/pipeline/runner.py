@@ -196,6 +196,7 @@ def run_pipeline(cfg: DictConfig) -> dict[str, Any]:
         untransferred = [o for o in finetune_overrides if not override_key(o).startswith("transfer")]
         models["scratch"] = merge_overrides(untransferred, [
             *stage_overrides(cfg, "scratch", task_overrides, config_name), "transfer=scratch"])
+    grids = search_grids(pipe, models)  # checked before anything trains
 
     def run(name: str, overrides: list[str], last: list[str] = ()) -> dict[str, Any]:
         stage_cfg = compose_stage(config_name, [
@@ -211,8 +212,7 @@ def run_pipeline(cfg: DictConfig) -> dict[str, Any]:
     else:
         results = {"pretrain": run("pretrain", [f"experiment={pipe.pretrain.experiment}", *pretrain_overrides])}
     if amounts:
-        return _label_efficiency(cfg, run, models, amounts, results, out, group)
-    grids = search_grids(pipe, models)
+        return _label_efficiency(cfg, run, models, grids, amounts, results, out, group)
     for name, overrides in models.items():
         results[name] = select_on_validation(run, name, overrides, [], grids[name])
     summary = compare(results, pipe.metric)
@@ -247,8 +247,8 @@ def label_amounts(fractions, counts) -> list[dict[str, Any]]:
     return amounts
 
 
-def _label_efficiency(cfg: DictConfig, run, models: dict[str, list[str]], amounts: list[dict[str, Any]],
-                      results: dict[str, Any], out: Path, group: str) -> dict[str, Any]:
+def _label_efficiency(cfg: DictConfig, run, models: dict[str, list[str]], grids: dict[str, list[dict[str, Any]]],
+                      amounts: list[dict[str, Any]], results: dict[str, Any], out: Path, group: str) -> dict[str, Any]:
     """Each model at each amount of labels and seed (the last overrides, so they win over the command
     line's), its learning rate (and the stage's ``search`` settings) chosen on validation; then the
     label-efficiency report."""
@@ -256,7 +256,6 @@ def _label_efficiency(cfg: DictConfig, run, models: dict[str, list[str]], amount
 
     pipe = cfg.pipeline
     seeds = [int(s) for s in pipe.seeds] if pipe.seeds else [int(cfg.seed)]
-    grids = search_grids(pipe, models)
     runs = []
     for amount in amounts:
         for seed in seeds:
