@@ -194,8 +194,12 @@ def run_stage(cfg: DictConfig) -> dict[str, Any]:
                 if best:
                     # The validation metrics of the checkpoint that is tested, not of the last epoch.
                     metrics_source["last_epoch"] = {k: v for k, v in metrics.items() if k.startswith("val/")}
-                    validated = trainer.validate(module, datamodule=datamodule, ckpt_path=best, verbose=False,
-                                                 weights_only=True)
+                    fit_loggers, trainer.loggers = trainer.loggers, []  # for results.json; the logs keep the fit's
+                    try:
+                        validated = trainer.validate(module, datamodule=datamodule, ckpt_path=best, verbose=False,
+                                                     weights_only=True)
+                    finally:
+                        trainer.loggers = fit_loggers
                     metrics.update({k: float(v) for k, v in (validated[0] if validated else {}).items()})
                     metrics_source.update(val="best", checkpoint=str(Path(best).resolve()))
                 tested = trainer.test(module, datamodule=datamodule, ckpt_path=best or None, verbose=False,
