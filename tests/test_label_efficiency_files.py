@@ -13,6 +13,8 @@ import pytest
 import yaml
 from conftest import TOPICS, assert_user_error, logged, make_sentence, run_train, write_corpus
 
+from headstart.pipeline.runner import candidate_name
+
 
 def write_reviews(path, n_rows: int, seed: int) -> None:
     """Topic-labelled rows as a .tsv with a header, each text over two lines (quoted), as Python's csv writes."""
@@ -52,7 +54,9 @@ def test_files_pipeline_counts_labels_chooses_rates_on_dev_and_reuses_its_pretra
                       'pipeline.pretrain.overrides=["trainer.max_epochs=2"]',
                       # Added to the experiment's own finetune overrides; max_steps replaces the experiment's 200.
                       'pipeline.finetune.overrides=["trainer.max_steps=30","data.batch_size=8"]',
-                      "pipeline.label_counts=[6,all]", "pipeline.seeds=[0]", "pipeline.learning_rates=[0.001,0.1]"],
+                      "pipeline.label_counts=[6,all]", "pipeline.seeds=[0]", "pipeline.learning_rates=[0.001,0.1]",
+                      # The fine-tuned model also has its embeddings' rate chosen on dev; scratch has no such setting.
+                      'pipeline.finetune.search=["transfer.layer_lr_decay=0.1,0.3"]'],
                      first)
     assert proc.returncode == 0, proc.stderr[-4000:]
     out = pipeline_dir(first)
@@ -63,25 +67,30 @@ def test_files_pipeline_counts_labels_chooses_rates_on_dev_and_reuses_its_pretra
     stages = json.loads((out / "pipeline.json").read_text())["stages"]
     for row in rows:
         run = stages[f"{row['model']}/labels-{'n6' if row['labels'] == '6' else 'all'}-seed0"]
-        # The kept rate is the one whose best checkpoint did best on dev; the value is that run's test accuracy.
-        by_lr = run["validation_by_candidate"]
-        assert set(by_lr) == {"lr0.001", "lr0.1"} and by_lr[f"lr{float(row['learning_rate']):g}"] == max(by_lr.values())
+        # The kept settings are those whose best checkpoint did best on dev; the value is that run's test accuracy.
+        by_candidate = run["validation_by_candidate"]
+        rates = {"lr0.001", "lr0.1"}
+        assert set(by_candidate) == ({f"{r}-layer_lr_decay{d}" for r in rates for d in ("0.1", "0.3")}
+                                     if row["model"] == "finetune" else rates)
+        chosen = candidate_name(run["selected"])
+        assert by_candidate[chosen] == max(by_candidate.values())
+        assert run["selected"]["task.optimizer.lr"] == float(row["learning_rate"])
         assert float(row["value"]) == pytest.approx(run["metrics"]["test/acc"])
-        assert run["selected"] == {"task.optimizer.lr": float(row["learning_rate"])}
-        assert run["metrics_source"]["val"] == "best" and run["metrics"]["val/acc"] == max(by_lr.values())
+        assert run["metrics_source"]["val"] == "best" and run["metrics"]["val/acc"] == max(by_candidate.values())
         # results.json's val/acc is the tested (best) checkpoint's, the last evaluation's is kept beside it.
         val_accs = logged(Path(run["output_dir"]), "val/acc")
         assert run["metrics"]["val/acc"] == pytest.approx(max(val_accs))
         assert run["metrics_source"]["last_epoch"]["val/acc"] == pytest.approx(val_accs[-1])
         config = yaml.safe_load((out / row["model"] / f"labels-{'n6' if row['labels'] == '6' else 'all'}-seed0"
-                                 / f"lr{float(row['learning_rate']):g}" / "config.yaml").read_text())
+                                 / chosen / "config.yaml").read_text())
         # The experiment's overrides and the command line's, merged.
         assert config["trainer"]["max_steps"] == 30 and config["data"]["batch_size"] == 8
         assert config["trainer"]["val_check_interval"] == 20 and config["data"]["text_column"] == "sentence"
         assert config["data"]["train_files"] == [str(review_files / "train.tsv")]
         assert config["data"]["drop_eval_overlap"] and config["data"]["overlap_files"] == [str(review_files / "corpus.txt")]
         transfer = (config["transfer"]["mode"], config["transfer"]["layer_lr_decay"])
-        assert transfer == (("finetune", 0.1) if row["model"] == "finetune" else ("scratch", 1.0))
+        assert transfer == (("finetune", run["selected"]["transfer.layer_lr_decay"]) if row["model"] == "finetune"
+                            else ("scratch", 1.0))
     assert "labelled examples" in proc.stdout and "seeds won" in proc.stdout
     pretrain = out / "pretrain"
     assert json.loads((pretrain / "results.json").read_text())["task"] == "Word2Vec"

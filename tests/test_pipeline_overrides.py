@@ -94,12 +94,12 @@ def test_merge_overrides_replaces_by_key():
 
 
 def test_search_grids_cross_learning_rates_with_each_stages_search():
-    from headstart.pipeline.runner import _candidate_name, search_grids
+    from headstart.pipeline.runner import candidate_name, search_grids
 
     pipe = OmegaConf.create({"learning_rates": [0.01, 0.1], "finetune": {"search": ["transfer.layer_lr_decay=0.1,1.0"]},
                              "scratch": {"search": None}})
     grids = search_grids(pipe, {"finetune": [], "scratch": []})
-    assert [_candidate_name(s) for s in grids["finetune"]] == [
+    assert [candidate_name(s) for s in grids["finetune"]] == [
         "lr0.01-layer_lr_decay0.1", "lr0.01-layer_lr_decay1", "lr0.1-layer_lr_decay0.1", "lr0.1-layer_lr_decay1"]
     assert grids["scratch"] == [{"task.optimizer.lr": 0.01}, {"task.optimizer.lr": 0.1}]
     assert search_grids(OmegaConf.create({"learning_rates": None}), {"finetune": []}) == {"finetune": []}

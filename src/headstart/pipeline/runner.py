@@ -305,7 +305,7 @@ def search_grids(pipe: DictConfig, models: dict[str, list[str]]) -> dict[str, li
     return grids
 
 
-def _candidate_name(settings: dict[str, Any]) -> str:
+def candidate_name(settings: dict[str, Any]) -> str:
     """``{task.optimizer.lr: 0.01, transfer.layer_lr_decay: 0.1}`` -> ``lr0.01-layer_lr_decay0.1``."""
     return "-".join(f"{key.rsplit('.', 1)[-1]}{value:g}" if isinstance(value, (int, float)) else
                     f"{key.rsplit('.', 1)[-1]}{value}" for key, value in settings.items())
@@ -321,8 +321,8 @@ def select_on_validation(run, name: str, overrides: list[str], last: list[str],
         return run(name, overrides, last)
     candidates = {}
     for settings in grid:
-        candidates[_candidate_name(settings)] = settings, run(
-            f"{name}/{_candidate_name(settings)}", overrides, [*last, *(f"{k}={quote(v)}" for k, v in settings.items())])
+        candidates[candidate_name(settings)] = settings, run(
+            f"{name}/{candidate_name(settings)}", overrides, [*last, *(f"{k}={quote(v)}" for k, v in settings.items())])
     scores = {key: _validation_score(result) for key, (_, result) in candidates.items()}
     maximize = next(iter(candidates.values()))[1].get("monitor", {}).get("mode", "min") == "max"
     best = (max if maximize else min)(scores, key=lambda key: scores[key])  # the first of equal scores
