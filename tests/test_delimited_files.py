@@ -88,3 +88,16 @@ def test_eval_rows_with_training_text_are_counted_and_dropped_on_request(tmp_pat
     with pytest.raises(DataError, match="leaves no test data"):
         paths["test"] = write_delimited(tmp_path / "test_all_seen.tsv", train[:3])
         module(drop_eval_overlap=True)
+
+
+def test_regression_data_drops_eval_overlap_too(tmp_path):
+    from headstart.data.text_regression import TextRegressionDataModule
+
+    train = [(f"sentence {i} about numbers", str(i / 10)) for i in range(20)]
+    test = train[:5] + [(f"new sentence {i}", "0.5") for i in range(3)]
+    paths = {name: write_delimited(tmp_path / f"{name}.tsv", rows) for name, rows in (("train", train), ("test", test))}
+    data = TextRegressionDataModule(train_files=[str(paths["train"])], test_files=[str(paths["test"])],
+                                    text_column="sentence", vocab_size=100, max_length=16,
+                                    cache_dir=str(tmp_path / "cache"), drop_eval_overlap=True)
+    data.prepare()
+    assert len(data.datasets["test"]) == 3

@@ -19,9 +19,13 @@ def normalized(text: str) -> str:
     return " ".join(text.lower().split())
 
 
+def _normalized_column(dataset) -> list[str]:
+    """A ``datasets.Dataset``'s ``text`` column, normalized (read column-wise through Arrow)."""
+    return [normalized(t) for t in dataset.with_format("arrow")["text"].to_pylist()]
+
+
 def normalized_texts(dataset) -> set[str]:
-    """The normalized texts of a ``datasets.Dataset`` (read column-wise through Arrow)."""
-    return {normalized(t) for t in dataset.with_format("arrow")["text"].to_pylist()}
+    return set(_normalized_column(dataset))
 
 
 def hold_out(raw, seen: set[str], drop: bool, seen_from: str) -> None:
@@ -30,8 +34,7 @@ def hold_out(raw, seen: set[str], drop: bool, seen_from: str) -> None:
     for split in EVAL_SPLITS:
         if split not in raw:
             continue
-        texts = raw[split].with_format("arrow")["text"].to_pylist()
-        overlap = [i for i, text in enumerate(texts) if normalized(text) in seen]
+        overlap = [i for i, text in enumerate(_normalized_column(raw[split])) if text in seen]
         if not overlap:
             continue
         share = f"{len(overlap)} of {len(raw[split])} {split} rows ({len(overlap) / len(raw[split]):.0%})"
