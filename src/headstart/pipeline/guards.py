@@ -75,3 +75,23 @@ class RankAgreement(pl.Callback):
 
     def state_dict(self) -> dict[str, Any]:
         return {"config_hash": self.config_hash}
+
+
+class ReleaseSpawnedProcessGroup(pl.Callback):
+    """Close the process group at the end of each ddp_spawn launch.
+
+    ddp_spawn starts fresh worker processes for every fit/validate/test call. Left open, a worker's gloo
+    group can still hold a live thread when the worker exits while rank 0 is saving its results, and
+    the worker dies with SIGABRT ("terminate called without an active exception"). Waiting for every
+    rank and destroying the group first makes the exit clean. Re-executing launchers (torchrun, ddp)
+    keep one group for the whole process, so they are left alone.
+    """
+
+    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        from lightning.pytorch.strategies.launchers.multiprocessing import _MultiProcessingLauncher
+
+        launcher = getattr(trainer.strategy, "launcher", None)
+        if not isinstance(launcher, _MultiProcessingLauncher) or not torch.distributed.is_initialized():
+            return
+        trainer.strategy.barrier("release-process-group")
+        torch.distributed.destroy_process_group()

@@ -13,7 +13,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from headstart.checkpoints import AtomicCheckpointIO, read_checkpoint
 from headstart.errors import Preempted
-from headstart.pipeline.guards import RankAgreement
+from headstart.pipeline.guards import RankAgreement, ReleaseSpawnedProcessGroup
 from headstart.pipeline.resume import plan_resume
 from headstart.pipeline.run_record import write_run_record
 from headstart.pipeline.rundir import claim_run_dir, config_hash, is_secondary_rank, save_config
@@ -145,7 +145,7 @@ def run_stage(cfg: DictConfig) -> dict[str, Any]:
     # brings its own checkpoint plugins.
     plugins = {} if cfg.trainer.get("plugins") else {"plugins": [AtomicCheckpointIO()]}
     trainer = instantiate(cfg.trainer, logger=loggers or False,
-                          callbacks=[*_instantiate_group(cfg.callbacks), agreement], **plugins)
+                          callbacks=[*_instantiate_group(cfg.callbacks), agreement, ReleaseSpawnedProcessGroup()], **plugins)
     spec = instantiate(cfg.model)
     export_dir = resolve_export_dir(spec.init_from) if spec.init_from else None
     datamodule = instantiate(cfg.data)
