@@ -174,7 +174,7 @@ def test_autoencoder_loss_falls_and_backbone_hands_off(name, pretrained, tmp_pat
 
 
 def test_masked_autoencoder_needs_a_vit(tmp_path):
-    proc = run_train(["experiment=vision_mae", "model=cnn_small", "logger=none", "trainer=debug"], tmp_path)
+    proc = run_train(["experiment=vision_mae", "model=cnn_small", "logger=none", "debug=default"], tmp_path)
     assert_user_error(proc, "task=masked_autoencoder needs a ViT backbone", "model=vit_tiny")
 
 

@@ -68,3 +68,26 @@ def test_the_default_experiment_runs_as_written_and_pretraining_pays(tmp_path):
     assert row["gain"] > 0.02, row
     assert "What pretraining bought" in proc.stdout and "seeds won" in proc.stdout
     assert str(record.parent) in proc.stdout.replace("\n", "")
+
+
+@pytest.mark.slow
+def test_the_readme_sweep_runs_as_written_from_any_directory(tmp_path):
+    """The README's multirun example, as written, from a fresh directory: no paths.root_dir (the sweep
+    directory resolves before Hydra's runtime config exists), one finished job per value."""
+    [sweep] = [c for c in COMMANDS if "-m" in c]
+    proc = subprocess.run([sys.executable, str(TRAIN), *sweep], cwd=tmp_path, text=True, capture_output=True,
+                          env={**__import__("os").environ, **OFFLINE_ENV}, timeout=1200)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    import yaml
+
+    jobs = sorted(tmp_path.glob("outputs/multirun/*/*/*/results.json"))
+    rates = [yaml.safe_load((job.parent / "config.yaml").read_text())["task"]["optimizer"]["lr"] for job in jobs]
+    assert rates == [3e-4, 1e-3], jobs
+    assert all(json.loads(job.read_text())["completed"] for job in jobs)
+
+
+def test_cfg_job_resolve_prints_the_resolved_config(tmp_path):
+    proc = subprocess.run([sys.executable, str(TRAIN), "--cfg", "job", "--resolve"], cwd=tmp_path, text=True,
+                          capture_output=True, env={**__import__("os").environ, **OFFLINE_ENV}, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert f"root_dir: {tmp_path}" in proc.stdout and "${" not in proc.stdout

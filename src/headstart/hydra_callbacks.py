@@ -25,7 +25,7 @@ class GuardRunDir(Callback):
             return
         from hydra.core.hydra_config import HydraConfig
 
-        HydraConfig.instance().set_config(config)  # the run dir may interpolate ${hydra:runtime.cwd}
+        HydraConfig.instance().set_config(config)  # the run dir may interpolate ${hydra:...}
         run_dir = Path(config.hydra.run.dir)
         if run_dir.is_dir() and any(run_dir.iterdir()):
             print(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 from hydra.core.config_store import ConfigStore
 
 from headstart.config import schema
@@ -48,6 +50,9 @@ def register_configs() -> None:
 
     # Cached: every reading of the run directory within a process gives the same stamp.
     OmegaConf.register_new_resolver("run_stamp", run_stamp, use_cache=True, replace=True)
+    # The directory train.py was started from. Unlike ${hydra:runtime.cwd} it resolves before Hydra
+    # sets its runtime config too: when a multirun creates its sweep directory, and under --cfg.
+    OmegaConf.register_new_resolver("cwd", os.getcwd, use_cache=True, replace=True)
     store = ConfigStore.instance()
     for (group, name), node in _SCHEMAS.items():
         store.store(group=group, name=name, node=node)

@@ -19,7 +19,8 @@ class PathsConfig:
     data_dir: str = "${paths.root_dir}/data"
     log_dir: str = "${paths.root_dir}/outputs"
     cache_dir: str = "${paths.root_dir}/.cache/headstart"
-    output_dir: str = "${hydra:runtime.output_dir}"
+    # None only where Hydra has no run yet (`--cfg job --resolve`).
+    output_dir: str | None = "${hydra:runtime.output_dir}"
 
 
 @dataclass

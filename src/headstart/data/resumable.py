@@ -80,8 +80,9 @@ class ResumableDataLoader(DataLoader):
     batches_trained: Callable[[], int] | None = None
 
     def __iter__(self) -> Iterator[Any]:
-        sampler: EpochShuffleSampler = self.sampler
-        index = sampler.start // self.batch_size
+        # Lightning may rebuild the loader around a sampler of its own (overfit_batches: sequential):
+        # that order is fixed, so it starts at 0 and has nothing to resume.
+        index = getattr(self.sampler, "start", 0) // self.batch_size
         resumed, self._resumed = getattr(self, "_resumed", []), []
         self._rng_before: dict[int, dict[str, Any]] = {}
         batches = super().__iter__()
@@ -99,17 +100,17 @@ class ResumableDataLoader(DataLoader):
             yield batch
 
     def position(self) -> dict[str, Any]:
-        sampler: EpochShuffleSampler = self.sampler
         trained = self.batches_trained() if self.batches_trained else 0
         now = capture_rng()
-        if trained >= len(self) or sampler.seed is None:  # the next epoch is drawn afresh
+        seed = getattr(self.sampler, "seed", None)
+        if trained >= len(self) or seed is None:  # the next epoch is drawn afresh
             return {"seed": None, "batches_trained": 0, "rng": [now]}
         fetched = getattr(self, "_rng_before", {})
         # Batch `trained` already fetched (a fetcher that reads ahead): fetch it again with the states it
         # was fetched with, then the next one with the states of now, as the killed run would have.
         # Not fetched yet (Lightning's fetcher, as of 2.6): it is fetched from the states of now.
         rng = [fetched[trained], now] if trained in fetched else [now]
-        return {"seed": sampler.seed, "batches_trained": trained, "rng": rng}
+        return {"seed": seed, "batches_trained": trained, "rng": rng}
 
     # Lightning's resumable-loader interface, so that it does not warn that a run resumed mid-epoch
     # cannot continue its epoch. The position itself travels with the data module (see above).

@@ -197,6 +197,10 @@ def run_pipeline(cfg: DictConfig) -> dict[str, Any]:
         models["scratch"] = merge_overrides(untransferred, [
             *stage_overrides(cfg, "scratch", task_overrides, config_name), "transfer=scratch"])
     grids = search_grids(pipe, models)  # checked before anything trains
+    if hydra_cfg.runtime.choices.get("debug"):  # a check that the pipeline runs: one run of each stage
+        amounts, grids = amounts[:1], {model: grid[:1] for model, grid in grids.items()}
+        pipe.seeds = list(pipe.seeds)[:1] if pipe.seeds else None
+        log.info("debug=%s: the first amount of labels, seed and setting only", hydra_cfg.runtime.choices.debug)
 
     def run(name: str, overrides: list[str], last: list[str] = ()) -> dict[str, Any]:
         stage_cfg = compose_stage(config_name, [

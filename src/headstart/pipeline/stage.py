@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from hydra.utils import instantiate
+from lightning.pytorch.callbacks import LearningRateMonitor
 from omegaconf import DictConfig, OmegaConf
 
 from headstart.checkpoints import AtomicCheckpointIO, read_checkpoint
@@ -144,8 +145,11 @@ def run_stage(cfg: DictConfig) -> dict[str, Any]:
     # Checkpoints written atomically (a kill mid-write keeps the previous one), unless the config
     # brings its own checkpoint plugins.
     plugins = {} if cfg.trainer.get("plugins") else {"plugins": [AtomicCheckpointIO()]}
+    callbacks = _instantiate_group(cfg.callbacks)
+    if not loggers:  # logger=none: nothing to log learning rates to (Lightning would refuse the monitor)
+        callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
     trainer = instantiate(cfg.trainer, logger=loggers or False,
-                          callbacks=[*_instantiate_group(cfg.callbacks), agreement, ReleaseSpawnedProcessGroup()], **plugins)
+                          callbacks=[*callbacks, agreement, ReleaseSpawnedProcessGroup()], **plugins)
     spec = instantiate(cfg.model)
     export_dir = resolve_export_dir(spec.init_from) if spec.init_from else None
     datamodule = instantiate(cfg.data)
