@@ -12,6 +12,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from headstart.config.checks import check_values
 from headstart.errors import ConfigError
 from headstart.pipeline.stage import run_stage
 
@@ -209,6 +210,15 @@ def run_pipeline(cfg: DictConfig) -> dict[str, Any]:
         ])
         log.info("Pipeline stage %s: %s", name, " ".join([*overrides, *last]))
         return run_stage(stage_cfg)
+
+    # Every stage's values checked before the first one trains (a bad fine-tuning setting found after
+    # an hour of pretraining is an hour lost).
+    first = [*amounts[0]["overrides"], f"seed={pipe.seeds[0]}"] if amounts and pipe.seeds else []
+    stages = {"pretrain": [f"experiment={pipe.pretrain.experiment}", *pretrain_overrides]} if not reused else {}
+    stages.update({model: [*overrides, *first, *(f"{k}={quote(v)}" for k, v in (grids[model] or [{}])[0].items())]
+                   for model, overrides in models.items()})
+    for name, overrides in stages.items():
+        check_values(compose_stage(config_name, [*overrides, *shared]), lambda name=name: f" (pipeline stage {name})")
 
     if reused:
         log.info("Pipeline stage pretrain: reusing %s (pipeline.pretrain.from)", reused["export_dir"])

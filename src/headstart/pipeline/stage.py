@@ -13,6 +13,7 @@ from lightning.pytorch.callbacks import LearningRateMonitor
 from omegaconf import DictConfig, OmegaConf
 
 from headstart.checkpoints import AtomicCheckpointIO, read_checkpoint
+from headstart.config.checks import check_values
 from headstart.errors import Preempted
 from headstart.pipeline.guards import RankAgreement, ReleaseSpawnedProcessGroup
 from headstart.pipeline.resume import plan_resume
@@ -124,6 +125,7 @@ def run_stage(cfg: DictConfig) -> dict[str, Any]:
     import lightning.pytorch as pl
     from lightning.pytorch.utilities.model_helpers import is_overridden
 
+    check_values(cfg)
     plan = plan_resume(cfg.resume, cfg.ckpt_path, Path(cfg.paths.output_dir))
     if plan.finished is not None:
         return plan.finished
