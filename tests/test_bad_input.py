@@ -81,8 +81,55 @@ def nan_loss(tmp: Path, corpus: Path):
              "callbacks.nan_guard.action=warn"])
 
 
+def _classify(train: Path) -> list[str]:
+    return ["experiment=text_classification", "data=text_classification_files", f"data.train_files=[{train}]",
+            "logger=csv", *TINY_MODEL, "data.max_length=32", "data.vocab_size=300", "trainer.max_steps=2"]
+
+
+def _labelled_rows(n: int, label=lambda i: "ab"[i % 2]) -> list[dict]:
+    return [{"text": f"word{i % 7} other{i % 3} text", "label": label(i)} for i in range(n)]
+
+
+def _write_jsonl(path: Path, rows: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return path
+
+
+def latin1_byte_in_jsonl(tmp: Path, corpus: Path):
+    good = _write_jsonl(tmp / "good.jsonl", _labelled_rows(30)).read_bytes().splitlines(keepends=True)
+    bad = tmp / "latin1.jsonl"
+    bad.write_bytes(b"".join(good[:8]) + good[8].replace(b"text", b"caf\xe9") + b"".join(good[9:]))
+    return _classify(bad), [str(bad), "not UTF-8", "line 9", "0xe9"]
+
+
+def latin1_byte_in_csv(tmp: Path, corpus: Path):
+    bad = tmp / "latin1.csv"
+    bad.write_bytes(b"text,label\n" + b"".join(f"hello {i} world,{'ab'[i % 2]}\n".encode() for i in range(20))
+                    + b"na\xefve text,a\n")
+    return _classify(bad), [str(bad), "not UTF-8", "line 22"]
+
+
+def list_labels(tmp: Path, corpus: Path):
+    rows = _write_jsonl(tmp / "lists.jsonl", _labelled_rows(30, lambda i: ["a", "b"] if i == 6 else "ab"[i % 2]))
+    return _classify(rows), ["row 7", "'label' = ['a', 'b'], a list", "text_multitask"]
+
+
+def null_labels(tmp: Path, corpus: Path):
+    rows = _write_jsonl(tmp / "nulls.jsonl", _labelled_rows(30, lambda i: None if i in (4, 11) else "ab"[i % 2]))
+    return _classify(rows), ["row 5", "no 'label' (null); 2 of the split's 30 rows", "data.drop_missing_labels=true"]
+
+
+def zero_batch_size(tmp: Path, corpus: Path):
+    return [*_mlm(corpus), "data.batch_size=0"], ["data.batch_size=0 is out of range", "integer >= 1"]
+
+
+def nothing_masked(tmp: Path, corpus: Path):
+    return [*_mlm(corpus), "task.mlm_probability=0.0"], ["task.mlm_probability=0.0 is out of range", "(0, 1)"]
+
+
 CASES = [malformed_yaml, bad_override_syntax, binary_data_file, sequences_longer_than_the_model, truncated_checkpoint,
-         not_a_lightning_checkpoint, truncated_export_weights, nan_loss]
+         not_a_lightning_checkpoint, truncated_export_weights, nan_loss, latin1_byte_in_jsonl, latin1_byte_in_csv,
+         list_labels, null_labels, zero_batch_size, nothing_masked]
 
 
 def _earlier_run(root: Path) -> dict[Path, tuple[bytes, int]]:
@@ -119,3 +166,14 @@ def test_batch_larger_than_the_data_trains_one_batch_an_epoch_and_says_so(tmp_pa
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "data.batch_size=5000 is larger than the 1257 training examples" in proc.stdout
     assert json.loads((only_run_dir(tmp_path) / "results.json").read_text())["global_step"] == 1
+
+
+def test_rows_without_a_label_are_dropped_when_asked_and_never_become_a_class(tmp_path):
+    rows = _write_jsonl(tmp_path / "nulls.jsonl", _labelled_rows(40, lambda i: None if i in (4, 11) else "ab"[i % 2]))
+    proc = run_train([*_classify(rows), "data.drop_missing_labels=true", "data.val_fraction=0.25"], tmp_path / "run")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "dropped 2 of 40 rows without a 'label'" in proc.stdout + proc.stderr
+    results = json.loads((only_run_dir(tmp_path / "run") / "results.json").read_text())
+    assert results["train_examples"] == 38 - round(38 * 0.25)
+    config = (only_run_dir(tmp_path / "run") / "config.yaml").read_text()
+    assert "None" not in config

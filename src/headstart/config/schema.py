@@ -120,6 +120,8 @@ class TextClassificationDataConfig(TextDataConfig, LabelAmountFields):
     # pretraining corpus) are counted in the log; true: dropped, so metrics measure generalisation.
     drop_eval_overlap: bool = False
     overlap_files: list[str] = field(default_factory=list)
+    # Rows whose label is null are refused (naming the first); true: dropped, with a count in the log.
+    drop_missing_labels: bool = False
 
 
 @dataclass

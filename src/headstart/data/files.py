@@ -42,10 +42,39 @@ def check_files(split: str, paths: list[str]) -> str:
                 f"data.{split}_files: {path!r} has suffix {suffix!r}, which headstart cannot read; "
                 f"use one of {', '.join(sorted(BUILDERS))}."
             )
+        if BUILDERS[suffix] != "parquet":
+            check_utf8(split, path)
         builders.add(BUILDERS[suffix])
     if len(builders) > 1:
         raise DataError(f"data.{split}_files mixes file types ({sorted(builders)}); give files of one type per split.")
     return builders.pop()
+
+
+def check_utf8(split: str, path: str) -> None:
+    """Refuse a text file that is not UTF-8, naming its first bad line (the readers would fail later,
+    in the middle of Arrow, or read the bytes into strings that break when the text is used)."""
+    import codecs
+
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    try:
+        with open(path, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 24), b""):
+                decoder.decode(chunk)
+            decoder.decode(b"", final=True)
+        return
+    except UnicodeDecodeError:
+        pass
+    with open(path, "rb") as f:  # the slow path, only for a file that has a bad byte: which line
+        for number, line in enumerate(f, start=1):
+            try:
+                line.decode("utf-8")
+            except UnicodeDecodeError as err:
+                raise DataError(
+                    f"data.{split}_files: {path!r} is not UTF-8 text: line {number} has the byte "
+                    f"0x{line[err.start]:02x} at column {err.start + 1} ({line[max(0, err.start - 20):err.start + 20]!r}). "
+                    "Save the file as UTF-8 (e.g. `iconv -f latin1 -t utf-8 in > out`), or fix that line."
+                ) from None
+    raise DataError(f"data.{split}_files: {path!r} is not UTF-8 text (it ends inside a character). Save it as UTF-8.")
 
 
 def fingerprint(paths: list[str]) -> list[tuple[str, int, int]]:

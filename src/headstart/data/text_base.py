@@ -116,6 +116,7 @@ class TextDataModule(SplitLoaders, pl.LightningDataModule):
 
         split_files = self.resolved_files()
         raw = self._load_raw(split_files)
+        self._check_rows(raw)
         if "validation" not in raw:
             parts = raw["train"].train_test_split(test_size=self.val_fraction, seed=self.seed,
                                                   shuffle=not self.ordered_validation_split)
@@ -175,6 +176,10 @@ class TextDataModule(SplitLoaders, pl.LightningDataModule):
                 raise DataError(f"data.{split}_files: {paths} hold no rows with {holds}. Point the config at such data.")
             splits[split] = datasets.Dataset.from_dict(rows)
         return datasets.DatasetDict(splits)
+
+    def _check_rows(self, raw) -> None:
+        """Hook for checks on each split's rows as the files hold them (before a validation split is
+        carved out of the training files), e.g. label types."""
 
     def _check_raw(self, raw) -> None:
         """Hook for checks on the raw splits (labels, sizes)."""

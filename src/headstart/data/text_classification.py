@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 
 from headstart.data import files, overlap
@@ -9,20 +10,82 @@ from headstart.data.subsets import LabelAmount
 from headstart.data.text_base import TextDataModule
 from headstart.errors import DataError
 
+log = logging.getLogger(__name__)
+# Arrow types a label column may have: class names, ids, flags.
+_LABEL_DTYPES = {"string", "large_string", "bool", *(f"{s}int{b}" for s in ("", "u") for b in (8, 16, 32, 64))}
+
+
+def _row(split: str, paths: list[str], row: int, text: str) -> str:
+    """A row of a split's files as they hold them (1: the first data row)."""
+    return f"data.{split}_files {paths}: row {row} (text {text[:50]!r})"
+
 
 class TextClassificationDataModule(TextDataModule):
     required_columns = ("label",)
 
     def __init__(self, label_column: str = "label", label_fraction: float = 1.0, label_count: int | None = None,
                  label_sampling: str = "stratified", drop_eval_overlap: bool = False,
-                 overlap_files: list[str] | None = None, **kwargs) -> None:
+                 overlap_files: list[str] | None = None, drop_missing_labels: bool = False, **kwargs) -> None:
         self.label_amount = LabelAmount(label_fraction, label_count, label_sampling)
         super().__init__(**kwargs)
         self.drop_eval_overlap = drop_eval_overlap
+        self.drop_missing_labels = drop_missing_labels
         self.overlap_files = list(overlap_files or [])
         self.label_column = label_column
         self.required_columns = (label_column,)
         self.label_names: list[str] = []
+
+    def _where(self, split: str, row: int, text: str) -> str:
+        """A row, named by its files, its text and, where the split keeps file order, its number."""
+        own = bool(self.split_files[split])
+        in_order = own and (split != "train" or bool(self.split_files["validation"]))  # else shuffled by the split
+        files_ = self.split_files[split] if own else self.split_files["train"]
+        number = f"row {row}" if in_order else "a row"
+        return f"data.{split}_files {files_}: {number} (text {text[:50]!r})"
+
+    def _drop_missing_labels(self, raw) -> None:
+        """Rows without a label (null in the file) are refused, naming the count and the first; with
+        data.drop_missing_labels they are dropped and counted in the log. Never a class of their own."""
+        column = self.label_column
+        for split, ds in list(raw.items()):
+            missing = ds.data.column(column).null_count
+            if not missing:
+                continue
+            if not self.drop_missing_labels:
+                row = next(i for i, v in enumerate(ds[column], start=1) if v is None)
+                raise DataError(
+                    f"{_row(split, self.split_files[split], row, ds[row - 1]['text'])} has no {column!r} (null); {missing} of the "
+                    f"split's {len(ds)} rows have none. Give every row a label, or drop the unlabelled "
+                    "ones with data.drop_missing_labels=true."
+                )
+            raw[split] = ds.filter(lambda batch: [v is not None for v in batch[column]], batched=True)
+            log.warning("%s: dropped %d of %d rows without a %r (data.drop_missing_labels=true)", split, missing,
+                        len(ds), column)
+            if len(raw[split]) == 0:
+                raise DataError(f"data.{split}_files: no row has a {column!r}; there is nothing to train or evaluate on.")
+
+    def _check_label_types(self, raw) -> None:
+        """Labels are names or ids (strings, integers, booleans): a list or a mapping is refused, naming
+        the first row that holds one."""
+        import datasets
+
+        column = self.label_column
+        for split, ds in raw.items():
+            feature = ds.features[column]
+            if isinstance(feature, datasets.Value) and feature.dtype in _LABEL_DTYPES:
+                continue
+            row, value = next(((i, v) for i, v in enumerate(ds[column], start=1)
+                               if not isinstance(v, str | int | bool)), (1, ds[0][column]))
+            raise DataError(
+                f"{_row(split, self.split_files[split], row, ds[row - 1]['text'])} has {column!r} = {value!r}, a "
+                f"{type(value).__name__}, where a label is one class name or id (a string or integer). For several "
+                "labels per text use one row per label, or experiment=text_multitask; for numbers, "
+                "experiment=text_regression."
+            )
+
+    def _check_rows(self, raw) -> None:
+        self._drop_missing_labels(raw)
+        self._check_label_types(raw)
 
     def _check_raw(self, raw) -> None:
         self._hold_out_training_text(raw)
@@ -54,7 +117,8 @@ class TextClassificationDataModule(TextDataModule):
     def _cache_settings(self):
         held_out = {"drop_eval_overlap": True, "overlap_files": files.fingerprint(self.overlap_files)} \
             if self.drop_eval_overlap else {}
-        return {"labels": self.label_names, "label_column": self.label_column, **held_out}
+        dropped = {"drop_missing_labels": True} if self.drop_missing_labels else {}
+        return {"labels": self.label_names, "label_column": self.label_column, **held_out, **dropped}
 
     def _tokenize(self, raw):
         tok, label_ids = self.tokenizer, {name: i for i, name in enumerate(self.label_names)}

@@ -34,13 +34,8 @@ class TextRegressionDataModule(TextClassificationDataModule):
             return None
         return [float(v) for v in values]
 
-    def _where(self, split: str, row: int, text: str) -> str:
-        """A row, named by its files, its text and, where the split keeps file order, its number."""
-        own = bool(self.split_files[split])
-        in_order = own and (split != "train" or bool(self.split_files["validation"]))  # else shuffled by the split
-        files = self.split_files[split] if own else self.split_files["train"]
-        number = f"row {row}" if in_order else "a row"
-        return f"data.{split}_files {files}: {number} (text {text[:50]!r})"
+    def _check_rows(self, raw) -> None:
+        self._drop_missing_labels(raw)  # data.drop_missing_labels, as for classification; lists are targets here
 
     def _check_raw(self, raw) -> None:
         """Every target is a number (of one width across rows); the training targets' mean and std."""
