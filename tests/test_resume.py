@@ -85,13 +85,16 @@ def test_run_killed_mid_epoch_resumes_to_the_same_weights(tmp_path, corpus_dir, 
 
 
 @pytest.mark.slow
-def test_sigterm_saves_a_checkpoint_that_resume_continues(tmp_path, corpus_dir, shared_cache, uninterrupted):
+@pytest.mark.parametrize(("signal_name", "exit_code", "said"), [("SIGTERM", 143, "SIGTERM"),
+                                                               ("SIGINT", 130, "Ctrl-C (SIGINT)")])
+def test_sigterm_or_ctrl_c_saves_a_checkpoint_that_resume_continues(signal_name, exit_code, said, tmp_path, corpus_dir,
+                                                                    shared_cache, uninterrupted):
     run_dir = tmp_path / "run"
     command = [*_mlm_args(corpus_dir), f"hydra.run.dir={run_dir}", "resume=auto"]
-    stopped = run_train([*command, *_signal_at(12, "SIGTERM")], tmp_path, shared_cache)
-    assert stopped.returncode == 143, stopped.stderr[-2000:]
+    stopped = run_train([*command, *_signal_at(12, signal_name)], tmp_path, shared_cache)
+    assert stopped.returncode == exit_code, stopped.stderr[-2000:]
     assert "Traceback" not in stopped.stderr
-    assert "stopped by SIGTERM at step 12" in stopped.stderr and "resume=auto" in stopped.stderr
+    assert f"stopped by {said} at step 12" in stopped.stderr and "resume=auto" in stopped.stderr
     checkpoint = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     assert checkpoint["global_step"] == 12  # saved at the signal, not at the step checkpoint before it
 

@@ -22,6 +22,10 @@ def user_errors_reported() -> Iterator[None]:
         yield
     except HeadstartError as err:
         _fail(err)
+    except KeyboardInterrupt:  # Ctrl-C outside training (there it stops after the batch, with a checkpoint)
+        print("headstart: interrupted (Ctrl-C) before training started or after it ended; no checkpoint was "
+              "written by this stop.", file=sys.stderr, flush=True)
+        sys.exit(130)
     except MissingMandatoryValue as err:
         _fail(ConfigError(f"{err.full_key} has no value (???). Set it on the command line: {err.full_key}=..."))
     except InstantiationException as err:

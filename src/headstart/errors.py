@@ -34,6 +34,12 @@ class Preempted(HeadstartError):
     exit_code = 143  # 128 + SIGTERM, what a scheduler expects of a process it stopped
 
 
+class Interrupted(Preempted):
+    """Ctrl-C (SIGINT): stopped after the batch, with a checkpoint to resume from."""
+
+    exit_code = 130  # 128 + SIGINT, what a shell expects
+
+
 def did_you_mean(name: str, choices: Iterable[str]) -> str:
     """' Did you mean X?' when a close match exists, else ''."""
     close = difflib.get_close_matches(name, list(choices), n=1, cutoff=0.6)

@@ -1,10 +1,12 @@
 """Callbacks that keep a run's work when training goes wrong: a non-finite loss stops it at once with
-the last good checkpoint named, and a SIGTERM (preemption) saves a checkpoint to resume from."""
+the last good checkpoint named, and SIGTERM (preemption) or Ctrl-C saves a checkpoint to resume from."""
 
 from __future__ import annotations
 
 import logging
 import math
+import signal
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -80,21 +82,54 @@ class NonFiniteLossGuard(pl.Callback):
 
 
 class CheckpointOnSigterm(pl.Callback):
-    """On SIGTERM (a scheduler preempting the job), write ``checkpoints/last.ckpt`` before the process
-    exits, so ``resume=auto`` with the same command continues from the step it was stopped at.
+    """On SIGTERM (a scheduler preempting the job) or SIGINT (Ctrl-C), finish the batch, write
+    ``checkpoints/last.ckpt`` and stop, so ``resume=auto`` with the same command continues from the
+    step it was stopped at. A second Ctrl-C quits at once.
 
-    Lightning notices the signal between batches and raises ``SIGTERMException``; its checkpoint
+    Lightning notices SIGTERM between batches and raises ``SIGTERMException``; Ctrl-C is routed the
+    same way (Lightning's own Ctrl-C handling stops mid-batch and saves nothing). Its checkpoint
     callbacks save on an exception only with ``save_on_exception``, which would also keep the weights
-    of a run that failed for other reasons (a NaN loss). Only SIGTERM saves here.
+    of a run that failed for other reasons (a NaN loss). Only these signals save here.
     """
 
+    def __init__(self) -> None:
+        self.stopped_by: str | None = None
+        self._previous_sigint: Any = None
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.stopped_by = None
+        if threading.current_thread() is not threading.main_thread():
+            return  # signal handlers can only be set from the main thread
+
+        def on_sigint(signum: int, frame: Any) -> None:
+            if self.stopped_by == "SIGINT":  # the second Ctrl-C: the user means it
+                self._restore_sigint()
+                raise KeyboardInterrupt
+            self.stopped_by = "SIGINT"
+            # The flag Lightning's SIGTERM handler sets; its loops stop at the next batch boundary.
+            trainer._signal_connector.received_sigterm = True
+            log.warning("Ctrl-C: stopping after this batch and saving a checkpoint (Ctrl-C again to quit at once).")
+
+        self._previous_sigint = signal.signal(signal.SIGINT, on_sigint)
+
+    def _restore_sigint(self) -> None:
+        if self._previous_sigint is not None:
+            signal.signal(signal.SIGINT, self._previous_sigint)
+            self._previous_sigint = None
+
+    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if stage == "fit":
+            self._restore_sigint()
+
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        self._restore_sigint()
         if not isinstance(exception, SIGTERMException) or trainer.sanity_checking:
             return
+        self.stopped_by = self.stopped_by or "SIGTERM"
         dirs = _checkpoint_dirs(trainer)
         if not dirs:
-            log.warning("SIGTERM: no checkpoint callback, so no checkpoint to resume from was written.")
+            log.warning("%s: no checkpoint callback, so no checkpoint to resume from was written.", self.stopped_by)
             return
         path = dirs[0] / "last.ckpt"
         trainer.save_checkpoint(path)
-        log.info("SIGTERM at step %d: saved %s; resume with resume=auto.", trainer.global_step, path)
+        log.info("%s at step %d: saved %s; resume with resume=auto.", self.stopped_by, trainer.global_step, path)

@@ -14,7 +14,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from headstart.checkpoints import AtomicCheckpointIO, read_checkpoint
 from headstart.config.checks import check_values
-from headstart.errors import Preempted
+from headstart.errors import Interrupted, Preempted
 from headstart.pipeline.guards import RankAgreement, ReleaseSpawnedProcessGroup
 from headstart.pipeline.resume import plan_resume
 from headstart.pipeline.run_record import write_run_record
@@ -66,16 +66,22 @@ def _adopt_csv_columns(loggers: list[Any]) -> None:
 
 
 def _fit(trainer, module, datamodule, ckpt_path: str | None) -> None:
-    """``trainer.fit``; a SIGTERM ends it with a checkpoint saved (CheckpointOnSigterm) and a non-zero exit."""
+    """``trainer.fit``; SIGTERM or Ctrl-C ends it with a checkpoint saved (CheckpointOnSigterm) and a
+    non-zero exit (143 or 130) that says how to resume."""
     from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+    from headstart.training_guards import CheckpointOnSigterm
 
     try:
         trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
     except SIGTERMException:
-        raise Preempted(
-            f"stopped by SIGTERM at step {trainer.global_step}; its checkpoint is in "
-            f"{Path(trainer.default_root_dir) / 'checkpoints'}. Run the same command with resume=auto and "
-            f"hydra.run.dir={trainer.default_root_dir} to continue it."
+        stopper = next((c for c in trainer.callbacks if isinstance(c, CheckpointOnSigterm)), None)
+        by = (stopper.stopped_by if stopper else None) or "SIGTERM"
+        saved = f"its checkpoint is in {Path(trainer.default_root_dir) / 'checkpoints'}" if stopper else \
+            "no checkpoint was saved at the signal (callbacks.sigterm_checkpoint is off)"
+        raise (Interrupted if by == "SIGINT" else Preempted)(
+            f"stopped by {'Ctrl-C (SIGINT)' if by == 'SIGINT' else by} at step {trainer.global_step}; {saved}. Run "
+            f"the same command with resume=auto and hydra.run.dir={trainer.default_root_dir} to continue it."
         ) from None
 
 
