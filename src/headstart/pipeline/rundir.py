@@ -31,6 +31,36 @@ def run_stamp() -> str:
     return datetime.now().strftime("%H-%M-%S-%f")
 
 
+LOCK_FILE = ".headstart.lock"
+_held_locks: dict[str, int] = {}  # run directory -> open file descriptor, kept for the process's life
+
+
+def lock_run_dir(run_dir: Path) -> None:
+    """Hold an exclusive OS lock on ``run_dir`` for the rest of this process, or refuse: two processes
+    started with one run directory would both write into it (and a later resume would trust their
+    mixed checkpoints). The lock goes with the process, however it ends (even killed)."""
+    import fcntl
+
+    key = str(Path(run_dir).resolve())
+    if key in _held_locks:
+        return
+    Path(run_dir).mkdir(parents=True, exist_ok=True)
+    fd = os.open(Path(run_dir) / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.read(fd, 64).decode(errors="replace").strip() or "another process"
+        os.close(fd)
+        raise ConfigError(
+            f"{run_dir} is in use by a run that is still going (process {holder} holds its lock); two runs in one "
+            "directory would write over each other. Wait for it to end (then resume=auto continues it if it "
+            "stopped early), or leave hydra.run.dir at its default for a directory of this run's own."
+        ) from None
+    os.ftruncate(fd, 0)
+    os.write(fd, f"{os.getpid()} on {os.uname().nodename}".encode())
+    _held_locks[key] = fd
+
+
 def claim_run_dir(output_dir: Path, resuming: bool) -> None:
     """Refuse to start a fresh run in a directory that already holds another run's outputs."""
     found = [m for m in RUN_MARKERS if (output_dir / m).exists()]
