@@ -41,6 +41,16 @@ _SCHEMAS = {
 }
 
 
+def hydra_subdir(resume: str | None, ckpt_path: str | None) -> str:
+    """Where Hydra writes its record of a start (``.hydra/``): a resumed start beside the first one's,
+    in ``.hydra/resume-<time>/``, so the first start's record is never written over."""
+    if resume is None and ckpt_path is None:
+        return ".hydra"
+    from headstart.pipeline.rundir import run_stamp
+
+    return f".hydra/resume-{run_stamp()}"
+
+
 def register_configs() -> None:
     """Put the schemas into Hydra's ConfigStore (group option YAMLs name them in their defaults) and
     register headstart's resolvers."""
@@ -53,6 +63,7 @@ def register_configs() -> None:
     # The directory train.py was started from. Unlike ${hydra:runtime.cwd} it resolves before Hydra
     # sets its runtime config too: when a multirun creates its sweep directory, and under --cfg.
     OmegaConf.register_new_resolver("cwd", os.getcwd, use_cache=True, replace=True)
+    OmegaConf.register_new_resolver("hydra_subdir", hydra_subdir, use_cache=True, replace=True)
     store = ConfigStore.instance()
     for (group, name), node in _SCHEMAS.items():
         store.store(group=group, name=name, node=node)

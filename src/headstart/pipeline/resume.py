@@ -77,5 +77,75 @@ def _finished_results(run_dir: Path) -> dict[str, Any] | None:
     results = run_dir / "results.json"
     if not results.is_file():
         return None
-    stored = json.loads(results.read_text())
+    try:
+        stored = json.loads(results.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ConfigError(
+            f"{results} is damaged ({err}), so whether that run finished is unknown. If it did not, move the file "
+            "away and resume again (training continues from the last checkpoint); if it did, its checkpoints "
+            "and export are its results."
+        ) from None
+    if not isinstance(stored, dict):
+        raise ConfigError(f"{results} is not a results record (a JSON object). Move it away and resume again.")
     return stored if stored.get("completed", True) else None
+
+
+# Settings a resumed run may change: how long it trains and what it prints, not what it trains.
+SAFE_TO_CHANGE = ("trainer.max_epochs", "trainer.max_steps", "trainer.max_time", "trainer.min_epochs",
+                  "trainer.min_steps", "trainer.enable_progress_bar", "trainer.enable_model_summary",
+                  "trainer.log_every_n_steps", "trainer.profiler", "trainer.detect_anomaly",
+                  "trainer.num_sanity_val_steps", "data.num_workers", "data.num_proc", "test_after_fit",
+                  "export_backbone", "optimized_metric")
+# Where a run writes and how it is logged, which differ between a run and its resumption by nature.
+_NOT_COMPARED = ("paths", "hydra", "run_name", "run_group", "logger", "callbacks", "resume", "ckpt_path")
+
+
+def _flat(node: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(node, dict):
+        out: dict[str, Any] = {}
+        for key, value in node.items():
+            out.update(_flat(value, f"{prefix}.{key}" if prefix else str(key)))
+        return out
+    return {prefix: node}
+
+
+def config_changes(recorded: dict[str, Any], current: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
+    """``{key: (recorded value, current value)}`` for every compared key that differs."""
+    old, new = _flat(recorded), _flat(current)
+    changes = {}
+    for key in sorted(set(old) | set(new)):
+        leaf = key.rsplit(".", 1)[-1]
+        if key.split(".")[0] in _NOT_COMPARED or leaf.endswith("_dir") or leaf in ("dirpath", "save_dir"):
+            continue
+        if old.get(key, "<absent>") != new.get(key, "<absent>"):
+            changes[key] = (old.get(key, "<absent>"), new.get(key, "<absent>"))
+    return changes
+
+
+def check_resumed_config(cfg, run_dir: Path) -> dict[str, tuple[Any, Any]]:
+    """A resumed run's config against the one its directory recorded (``config.yaml``), before anything
+    is written: a change to what is trained is refused, naming the keys; the safe changes (longer
+    training, logging) are returned, to be recorded beside the original."""
+    import yaml
+    from omegaconf import OmegaConf
+
+    recorded_path = run_dir / "config.yaml"
+    if not recorded_path.is_file():
+        return {}
+    try:
+        recorded = yaml.safe_load(recorded_path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{recorded_path} is damaged ({err}); this run's config cannot be checked against it. "
+                          "Restore it, or start a new run without resume.") from None
+    changes = config_changes(recorded, OmegaConf.to_container(cfg, resolve=True))
+    unsafe = {k: v for k, v in changes.items() if k not in SAFE_TO_CHANGE}
+    if unsafe:
+        listed = "; ".join(f"{k}: {old!r} -> {new!r}" for k, (old, new) in list(unsafe.items())[:8])
+        more = f" (and {len(unsafe) - 8} more)" if len(unsafe) > 8 else ""
+        raise ConfigError(
+            f"{run_dir} was trained with another config than this command's: {listed}{more}. A checkpoint continues "
+            "only the config that wrote it. Resume with the command recorded in its config.yaml (drop those "
+            "overrides), or leave out resume to train the new config in a new directory. Only "
+            f"{', '.join(SAFE_TO_CHANGE[:3])} and the logging settings may change on resume."
+        )
+    return changes

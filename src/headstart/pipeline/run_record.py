@@ -62,10 +62,13 @@ def run_record(resumed_from: str | None) -> dict[str, Any]:
     }
 
 
-def write_run_record(output_dir: Path, resumed_from: str | None) -> None:
-    """The record of this start; a resumed run's goes under ``resumes`` of the first start's record."""
+def write_run_record(output_dir: Path, resumed_from: str | None, changes: dict | None = None) -> None:
+    """The record of this start; a resumed run's goes under ``resumes`` of the first start's record,
+    with the settings it changed (``config_changes``: key -> [before, after])."""
     path = output_dir / RUN_INFO
     record = run_record(resumed_from)
+    if changes:
+        record["config_changes"] = {key: list(values) for key, values in changes.items()}
     if path.is_file():
         first = json.loads(path.read_text())
         first.setdefault("resumes", []).append(record)

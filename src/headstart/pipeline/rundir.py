@@ -82,5 +82,12 @@ def config_hash(cfg: DictConfig) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def save_config(cfg: DictConfig, output_dir: Path) -> None:
-    (output_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+def save_config(cfg: DictConfig, output_dir: Path, changes: dict | None = None) -> None:
+    """``config.yaml``, written once: a resumed run keeps the original, and one that changed a safe
+    setting (``changes``) writes its config beside it as ``config.resume<N>.yaml``."""
+    original = output_dir / "config.yaml"
+    if not original.is_file():
+        original.write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    elif changes:
+        number = 1 + len(list(output_dir.glob("config.resume*.yaml")))
+        (output_dir / f"config.resume{number}.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))

@@ -14,9 +14,9 @@ from omegaconf import DictConfig, OmegaConf
 
 from headstart.checkpoints import AtomicCheckpointIO, read_checkpoint
 from headstart.config.checks import check_values
-from headstart.errors import Interrupted, Preempted
+from headstart.errors import ConfigError, Interrupted, Preempted
 from headstart.pipeline.guards import RankAgreement, ReleaseSpawnedProcessGroup
-from headstart.pipeline.resume import plan_resume
+from headstart.pipeline.resume import check_resumed_config, latest_checkpoint, plan_resume
 from headstart.pipeline.run_record import write_run_record
 from headstart.pipeline.rundir import claim_run_dir, config_hash, is_secondary_rank, save_config
 from headstart.speed import apply_speed
@@ -133,14 +133,24 @@ def run_stage(cfg: DictConfig) -> dict[str, Any]:
 
     check_values(cfg)
     plan = plan_resume(cfg.resume, cfg.ckpt_path, Path(cfg.paths.output_dir))
-    if plan.finished is not None:
-        return plan.finished
     if str(plan.output_dir) != cfg.paths.output_dir:  # resume=<run dir>: the run goes on in its own directory
         cfg.paths.output_dir = str(plan.output_dir)
     output_dir = plan.output_dir
+    resuming = cfg.resume is not None or cfg.ckpt_path is not None
+    # Checked before anything is written: a refused resume leaves the run's record as it was.
+    changes = check_resumed_config(cfg, output_dir) if cfg.resume is not None else {}
+    if plan.finished is not None:
+        if changes:
+            last = latest_checkpoint(output_dir)
+            raise ConfigError(
+                f"{output_dir} already finished, so its changed settings ({', '.join(changes)}) would not apply. To "
+                f"train it further, start a new run from its last checkpoint: ckpt_path={last} with the new settings "
+                "(and without resume)."
+            )
+        return plan.finished
     # Read as data only, before Lightning opens it: a damaged or code-carrying checkpoint stops here.
     checkpoint = read_checkpoint(plan.ckpt_path, "ckpt_path" if cfg.ckpt_path else "resume") if plan.resuming else None
-    claim_run_dir(output_dir, resuming=cfg.resume is not None or cfg.ckpt_path is not None)
+    claim_run_dir(output_dir, resuming=resuming)
     pl.seed_everything(cfg.seed, workers=True)
 
     # Trainer first: a bad trainer/logger/callback setting fails before any data is tokenized.
@@ -178,8 +188,8 @@ def run_stage(cfg: DictConfig) -> dict[str, Any]:
     transfer = apply_transfer(module, **cfg.transfer)
     speed = apply_speed(module, **cfg.speed)
     if trainer.is_global_zero:
-        save_config(cfg, output_dir)
-        write_run_record(output_dir, plan.ckpt_path)
+        save_config(cfg, output_dir, changes)
+        write_run_record(output_dir, plan.ckpt_path, changes)
         datamodule.save_processor(output_dir)
         if handoff:
             (output_dir / "handoff_report.json").write_text(json.dumps(handoff, indent=2))
