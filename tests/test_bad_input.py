@@ -127,9 +127,32 @@ def nothing_masked(tmp: Path, corpus: Path):
     return [*_mlm(corpus), "task.mlm_probability=0.0"], ["task.mlm_probability=0.0 is out of range", "(0, 1)"]
 
 
+def image_export_for_a_text_task(tmp: Path, corpus: Path):
+    pretrained = run_train(["experiment=vision_dae", "debug=default", "logger=none", "model.arch.hidden_sizes=[8,16]",
+                            f"hydra.run.dir={tmp / 'vision_run'}"], tmp / "pretraining")
+    assert pretrained.returncode == 0, pretrained.stderr[-2000:]
+    return ([*_classify(corpus / "cls_train.jsonl"), f"model.init_from={tmp / 'vision_run'}"],
+            ["model.init_from=", "the export of an image backbone (DenoisingAutoencoder)", "text pretraining"])
+
+
+def checkpoint_path_is_a_directory(tmp: Path, corpus: Path):
+    return [*DIGITS, f"ckpt_path={tmp}"], [f"ckpt_path='{tmp}' is a directory", "resume=<its directory>"]
+
+
+def class_count_given_by_hand(tmp: Path, corpus: Path):
+    return [*DIGITS, "+task.num_labels=7"], ["task.num_labels=7, but the data gives 10", "Drop the task.num_labels"]
+
+
+def cache_dir_not_writable(tmp: Path, corpus: Path):
+    blocker = tmp / "a_file"
+    blocker.write_text("not a directory")
+    return [*DIGITS, f"paths.cache_dir={blocker}"], [f"paths.cache_dir='{blocker}' cannot be written to"]
+
+
 CASES = [malformed_yaml, bad_override_syntax, binary_data_file, sequences_longer_than_the_model, truncated_checkpoint,
          not_a_lightning_checkpoint, truncated_export_weights, nan_loss, latin1_byte_in_jsonl, latin1_byte_in_csv,
-         list_labels, null_labels, zero_batch_size, nothing_masked]
+         list_labels, null_labels, zero_batch_size, nothing_masked, image_export_for_a_text_task,
+         checkpoint_path_is_a_directory, class_count_given_by_hand, cache_dir_not_writable]
 
 
 def _earlier_run(root: Path) -> dict[Path, tuple[bytes, int]]:
@@ -148,7 +171,8 @@ def outcomes(tmp_path_factory, corpus_dir, shared_cache) -> dict[str, tuple]:
         root = tmp_path_factory.mktemp(case.__name__)
         earlier = _earlier_run(root)
         args, fragments = case(root, corpus_dir)
-        return run_train(args, root, shared_cache), fragments, earlier
+        own_cache = any(a.startswith("paths.cache_dir=") for a in args)
+        return run_train(args, root, None if own_cache else shared_cache), fragments, earlier
 
     return two_at_a_time(run, CASES)
 

@@ -62,6 +62,11 @@ def read_checkpoint(path: str, setting: str = "ckpt_path") -> dict[str, Any]:
     opens it, and so is a file that is missing, truncated or not a Lightning checkpoint. ``setting``
     is the config key that named ``path``, for the message.
     """
+    if Path(path).is_dir():
+        last = Path(path) / "checkpoints" / "last.ckpt"
+        raise CheckpointError(f"{setting}={path!r} is a directory; {setting} takes a .ckpt file"
+                              + (f", e.g. {setting}={last}" if last.is_file() else "") + ". To continue that run in "
+                              "its own directory, use resume=<its directory> instead.")
     if not Path(path).is_file():
         raise CheckpointError(f"{setting}={path!r} does not exist. Point it at a .ckpt file (a run's "
                               "checkpoints/last.ckpt) or resume a run directory with resume=<its directory>.")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -20,7 +21,7 @@ from headstart.pipeline.resume import check_resumed_config, latest_checkpoint, p
 from headstart.pipeline.run_record import write_run_record
 from headstart.pipeline.rundir import claim_run_dir, config_hash, is_secondary_rank, save_config
 from headstart.speed import apply_speed
-from headstart.transfer.handoff import apply_handoff, resolve_export_dir
+from headstart.transfer.handoff import apply_handoff, check_export_modality, resolve_export_dir
 from headstart.transfer.modes import apply_transfer
 
 log = logging.getLogger(__name__)
@@ -63,6 +64,30 @@ def _adopt_csv_columns(loggers: list[Any]) -> None:
             keys = logger.experiment.metrics_keys
             keys.extend(k for k in header if k not in keys)
             keys.sort()
+
+
+def _check_writable(directory: Path, setting: str) -> None:
+    """A directory headstart writes to is one it can write to; else the message names the setting, not
+    the first file that happened to be written there."""
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        probe = directory / f".write-test-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as err:
+        raise ConfigError(f"{setting}={str(directory)!r} cannot be written to ({err.strerror}: {err.filename}). Point "
+                          f"{setting} at a directory you can write to.") from None
+
+
+def _check_not_set_by_hand(task_cfg: DictConfig, from_data: dict[str, Any]) -> None:
+    """Settings the data decides (number and names of classes, targets) are not the config's: one given
+    by hand that disagrees would be recorded in config.yaml yet not used."""
+    for key, value in from_data.items():
+        given = task_cfg.get(key)
+        if given is not None and given != value:
+            shown = value if not isinstance(value, list) or len(value) <= 10 else f"{len(value)} entries"
+            raise ConfigError(f"task.{key}={given!r}, but the data gives {shown!r}; task.{key} is read from the data. "
+                              f"Drop the task.{key} override (or fix the data if it is the data that is wrong).")
 
 
 def _fit(trainer, module, datamodule, ckpt_path: str | None) -> None:
@@ -170,14 +195,21 @@ def run_stage(cfg: DictConfig) -> dict[str, Any]:
                           callbacks=[*callbacks, agreement, ReleaseSpawnedProcessGroup()], **plugins)
     spec = instantiate(cfg.model)
     export_dir = resolve_export_dir(spec.init_from) if spec.init_from else None
+    _check_writable(Path(cfg.paths.cache_dir), "paths.cache_dir")
     datamodule = instantiate(cfg.data)
+    if export_dir:
+        from headstart.data.vision import ImageDataModule
+
+        check_export_modality(export_dir, text_task=not isinstance(datamodule, ImageDataModule))
     # The processor (tokenizer): data.tokenizer if given, else the checkpoint's or the model's, else a
     # distillation teacher's (its logits index its vocabulary), else trained.
     teacher = cfg.task.get("teacher")
     datamodule.prepare(cfg.data.get("tokenizer") or (str(export_dir) if export_dir else spec.name_or_path)
                        or (str(resolve_export_dir(teacher, "task.teacher")) if teacher else None))
     spec.bind(datamodule)
-    module = instantiate(cfg.task, backbone=spec, **datamodule.task_kwargs(), _convert_="all")
+    from_data = datamodule.task_kwargs()
+    _check_not_set_by_hand(cfg.task, from_data)
+    module = instantiate(cfg.task, backbone=spec, **from_data, _convert_="all")
     datamodule.set_collator(module.build_collator(datamodule.processor))
 
     # transfer=scratch keeps the checkpoint's tokenizer but not its weights: the from-scratch baseline.

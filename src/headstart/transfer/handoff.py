@@ -36,6 +36,22 @@ def resolve_export_dir(path: str, setting: str = "model.init_from") -> Path:
     )
 
 
+def check_export_modality(export_dir: Path, text_task: bool, setting: str = "model.init_from") -> None:
+    """An export carries the processor of its modality (a tokenizer, or an image processor); a text
+    task cannot start from an image backbone, nor an image task from a text one."""
+    has_tokenizer = any((export_dir / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json", "vocab.txt"))
+    has_image_processor = (export_dir / "preprocessor_config.json").is_file()
+    if text_task == has_tokenizer or not (has_tokenizer or has_image_processor):
+        return
+    objective = read_metadata(export_dir).get("objective") or "unknown objective"
+    kind, wanted = ("an image backbone", "text") if text_task else ("a text backbone", "image")
+    raise CheckpointError(
+        f"{setting}={str(export_dir)!r} is the export of {kind} ({objective}); this {wanted} task cannot start from "
+        f"it. Give the export of a {wanted} pretraining (e.g. experiment={'text_mlm' if text_task else 'vision_simclr'}),"
+        f" or choose the {'image' if text_task else 'text'} task that export was made for."
+    )
+
+
 def read_weights(export_dir: Path) -> dict[str, torch.Tensor]:
     """All tensors of an export, from safetensors only: pickled weights can run code and are refused."""
     from safetensors.torch import load_file
