@@ -273,3 +273,24 @@ def test_unfinished_pretraining_is_refused_unless_allowed(pretrained, tokenizer,
     assert "step 7" in message and "model.allow_incomplete=true" in message
     report = apply_handoff(classifier(tokenizer), str(unfinished), allow_incomplete=True)
     assert report["source_completed"] is False and report["loaded"]
+
+
+@pytest.mark.parametrize(("arch", "field"), [
+    ({"num_attention_heads": 4}, "num_attention_heads: export 2, model 4"),   # same shapes, other heads
+    ({"hidden_act": "relu"}, "hidden_act: export 'gelu', model 'relu'"),
+    ({"layer_norm_eps": 1e-5}, "layer_norm_eps: export 1e-12, model 1e-05"),
+])
+def test_same_shapes_but_another_architecture_is_refused(pretrained, tokenizer, arch, field):
+    _, export_dir = pretrained
+    message = assert_refused_unchanged(classifier(tokenizer, **arch), str(export_dir), "another architecture")
+    assert field in message and "model.arch" in message
+
+
+def test_an_export_whose_config_was_edited_is_refused(pretrained, tokenizer, tmp_path):
+    _, export_dir = pretrained
+    edited = tmp_path / "edited"
+    shutil.copytree(export_dir, edited)
+    config = json.loads((edited / "config.json").read_text())
+    config["num_attention_heads"] = 4  # weights trained with 2 heads, config now says 4
+    (edited / "config.json").write_text(json.dumps(config))
+    assert_refused_unchanged(classifier(tokenizer, num_attention_heads=4), str(edited), "was changed after the export")

@@ -32,12 +32,20 @@ def write_export(net, processor, directory: str, metadata: dict[str, Any]) -> No
         "headstart_version": headstart.__version__,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "backbone_prefix": net.base_model_prefix if net.base_model is not net else "",
+        # The architecture the weights were trained in: a config.json edited afterwards is detected.
+        "config_sha256": file_sha256(tmp / "config.json"),
         **metadata,
     }
     (tmp / EXPORT_METADATA).write_text(json.dumps(meta, indent=2, default=str))
     if target.exists():
         shutil.rmtree(target)
     os.replace(tmp, target)
+
+
+def file_sha256(path: Path) -> str:
+    import hashlib
+
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 def read_metadata(directory: Path) -> dict[str, Any]:

@@ -11,7 +11,7 @@ from typing import Any
 import torch
 
 from headstart.errors import CheckpointError
-from headstart.transfer.export import EXPORT_METADATA, read_metadata
+from headstart.transfer.export import EXPORT_METADATA, file_sha256, read_metadata
 
 log = logging.getLogger(__name__)
 
@@ -122,6 +122,8 @@ def apply_handoff(module, init_from: str, scope: str = "backbone", allow_incompl
             f"{backbone.config.model_type} ({_arch_summary(backbone.config.to_dict())}). Choose the model config "
             "the checkpoint was trained with (the same model=... as its pretrain run) and its tokenizer."
         )
+    if scope == "backbone":  # every shape fits: is it the same network, though?
+        _check_architecture(export_dir, meta, backbone, init_from)
     backbone.load_state_dict({k: source[k] for k in target}, strict=scope == "backbone")
 
     loaded_tensors = {id(t) for k, t in backbone.state_dict(keep_vars=True).items() if k in target}
@@ -142,6 +144,42 @@ def apply_handoff(module, init_from: str, scope: str = "backbone", allow_incompl
     if not meta:
         log.warning("%s has no %s: source run and config hash unknown", export_dir, EXPORT_METADATA)
     return report
+
+
+# config.json fields that decide what the network computes. Most change a weight's shape too, which the
+# key check catches; these are compared by value, so the same shapes with another meaning (4 heads
+# instead of 2, gelu instead of relu) stop the run instead of loading silently.
+ARCHITECTURE_FIELDS = (
+    "model_type", "vocab_size", "hidden_size", "n_embd", "num_hidden_layers", "n_layer", "num_attention_heads",
+    "n_head", "intermediate_size", "n_inner", "hidden_act", "activation_function", "layer_norm_eps",
+    "layer_norm_epsilon", "position_embedding_type", "max_position_embeddings", "n_positions", "type_vocab_size",
+    "num_channels", "image_size", "patch_size", "hidden_sizes", "depths", "embedding_size", "qkv_bias",
+)
+
+
+def _check_architecture(export_dir: Path, meta: dict[str, Any], backbone, init_from: str) -> None:
+    """The export's config.json (unchanged since export) describes the network being built here."""
+    config_path = export_dir / "config.json"
+    if not config_path.is_file():
+        return  # not a transformers model directory: the key and shape check is all there is
+    recorded = meta.get("config_sha256")
+    if recorded and file_sha256(config_path) != recorded:
+        raise CheckpointError(
+            f"model.init_from={init_from!r}: {config_path} was changed after the export was written (its hash is not "
+            f"the one in {EXPORT_METADATA}), so it no longer describes the network the weights were trained in. "
+            "Restore the file (or export the run again); set the new model's architecture with model.arch instead."
+        )
+    source = json.loads(config_path.read_text())
+    target = backbone.config.to_dict()
+    differ = [f"{k}: export {source[k]!r}, model {target[k]!r}" for k in ARCHITECTURE_FIELDS
+              if k in source and k in target and source[k] != target[k]]
+    if differ:
+        raise CheckpointError(
+            f"model.init_from={init_from!r} was trained as another architecture than the model built here "
+            f"({'; '.join(differ[:_LIST_LIMIT])}). Its weights would load but compute something else. Build the "
+            "model the export describes: the same model=... and model.arch.* as its pretraining run (see the "
+            "run's config.yaml)."
+        )
 
 
 def _input_embeddings(backbone, export_dir: Path, init_from: str) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
