@@ -33,7 +33,13 @@ def train_tokenizer(texts: Iterator[list[str]], kind: str, vocab_size: int, lowe
         tok.normalizer = normalizers.BertNormalizer(lowercase=lowercase)
         tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
         tok.decoder = decoders.WordPiece()
-        trainer = trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=special_list)
+        # The trainer numbers the word-continuing pieces ("##e") in the order of a hash map that is
+        # seeded afresh in every process, and ties between merges follow those numbers: the same corpus
+        # gave another vocabulary in each process. Listing the pieces first, sorted, fixes their numbers
+        # and so the whole vocabulary; they are then ordinary vocabulary entries (see below).
+        texts = list(texts)
+        pieces = _continuing_pieces(texts, tok.normalizer)
+        trainer = trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=[*special_list, *pieces])
         first, last = specials["cls_token"], specials["sep_token"]
     else:
         tok = Tokenizer(models.BPE(unk_token=specials["unk_token"]))
@@ -46,12 +52,32 @@ def train_tokenizer(texts: Iterator[list[str]], kind: str, vocab_size: int, lowe
         )
         first, last = specials["bos_token"], specials["eos_token"]
     tok.train_from_iterator(texts, trainer=trainer)
+    if kind == "wordpiece":  # the same vocabulary, with only the real special tokens marked special
+        trained = tok
+        tok = Tokenizer(models.WordPiece(vocab=trained.get_vocab(), unk_token=specials["unk_token"]))
+        tok.normalizer, tok.pre_tokenizer, tok.decoder = trained.normalizer, trained.pre_tokenizer, trained.decoder
+        tok.add_special_tokens(special_list)
     tok.post_processor = processors.TemplateProcessing(
         single=f"{first} $A {last}",
         pair=f"{first} $A {last} $B:1 {last}:1",
         special_tokens=[(first, tok.token_to_id(first)), (last, tok.token_to_id(last))],
     )
     return PreTrainedTokenizerFast(tokenizer_object=tok, model_max_length=max_length, **specials)
+
+
+def _continuing_pieces(batches: list[list[str]], normalizer) -> list[str]:
+    """``##c`` for every character ``c`` the normalized corpus holds that can continue a word (not
+    whitespace or punctuation, which the BERT pre-tokenizer splits off), sorted."""
+    import unicodedata
+
+    raw = set().union(*(set(text) for batch in batches for text in batch))
+    chars = {c for r in raw for c in normalizer.normalize_str(r)}
+
+    def continues_a_word(c: str) -> bool:
+        category = unicodedata.category(c)
+        return not (c.isspace() or category.startswith(("P", "C", "Z")) or c.isascii() and not c.isalnum())
+
+    return [f"##{c}" for c in sorted(chars) if continues_a_word(c)]
 
 
 def load_tokenizer(path: str, what: str = "data.tokenizer"):

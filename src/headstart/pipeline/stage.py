@@ -66,6 +66,15 @@ def _adopt_csv_columns(loggers: list[Any]) -> None:
             keys.sort()
 
 
+def _tokenizer_fingerprint(datamodule) -> str | None:
+    """A hash of how the run's tokenizer splits text (None for image data): equal in two runs of one
+    command, however fresh their processes and caches."""
+    from headstart.data.tokenizer import tokenizer_fingerprint
+
+    processor = getattr(datamodule, "processor", None)
+    return tokenizer_fingerprint(processor) if hasattr(processor, "backend_tokenizer") else None
+
+
 def _check_writable(directory: Path, setting: str) -> None:
     """A directory headstart writes to is one it can write to; else the message names the setting, not
     the first file that happened to be written there."""
@@ -280,6 +289,7 @@ def run_stage(cfg: DictConfig) -> dict[str, Any]:
         "monitor": {"metric": cfg.task.get("monitor"), "mode": cfg.task.get("monitor_mode")},
         "handoff": {k: len(v) for k, v in handoff.items() if isinstance(v, list)} if handoff else None,
         "train_examples": _train_examples(datamodule),
+        "tokenizer_fingerprint": _tokenizer_fingerprint(datamodule),
         "peak_rss_mb": _peak_rss_mb(),
     }
     first_step = [c.time_to_first_step for c in trainer.callbacks if getattr(c, "time_to_first_step", None)]
