@@ -98,7 +98,8 @@ def test_files_pipeline_counts_labels_chooses_rates_on_dev_and_reuses_its_pretra
     second = tmp_path / "second"
     proc = run_train(["experiment=label_efficiency_text_files", *files_overrides(review_files),
                       f"pipeline.pretrain.from={out}", 'pipeline.finetune.overrides=["trainer.max_steps=10"]',
-                      "pipeline.label_counts=[6]", "pipeline.seeds=[0,1]", "pipeline.learning_rates=null"], second)
+                      "pipeline.label_counts=[6]", "pipeline.seeds=[0,1]", "pipeline.learning_rates=null",
+                      "pipeline.finetune.search=null"], second)
     assert proc.returncode == 0, proc.stderr[-4000:]
     reused = pipeline_dir(second)
     assert not (reused / "pretrain").exists()

@@ -29,12 +29,20 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         target = Path(path)
         target.parent.mkdir(parents=True, exist_ok=True)
         tmp = target.with_name(f".{target.name}.tmp{os.getpid()}")
+        writer = None
         try:
             with open(tmp, "wb") as f:
-                torch.save(checkpoint, f)
+                writer = _WriteErrors(f)
+                torch.save(checkpoint, writer)
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(tmp, target)
+        except OSError as err:
+            raise write_failed(target, "checkpoint", err) from None
+        except RuntimeError as err:  # torch's zip writer turns the file's OSError into its own RuntimeError
+            if writer is None or writer.error is None:
+                raise
+            raise write_failed(target, "checkpoint", writer.error) from err
         finally:
             tmp.unlink(missing_ok=True)
         _fsync_dir(target.parent)  # the rename itself survives a power cut
@@ -42,6 +50,39 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     def load_checkpoint(self, path, map_location: Any = None, weights_only: bool | None = None) -> dict[str, Any]:
         return super().load_checkpoint(path, map_location=map_location or (lambda storage, loc: storage),
                                        weights_only=True)
+
+
+class _WriteErrors:
+    """A file for torch.save that remembers the OSError of a failed write (a full disk), which torch's
+    writer reports only as a RuntimeError of its own."""
+
+    def __init__(self, file) -> None:
+        self.file, self.error = file, None
+
+    def write(self, data) -> int:
+        try:
+            return self.file.write(data)
+        except OSError as err:
+            self.error = err
+            raise
+
+    def flush(self) -> None:
+        self.file.flush()
+
+
+def write_failed(target: Path, what: str, err: BaseException) -> CheckpointError:
+    """The error for a checkpoint or export that could not be written (a full disk, a quota, a file-size
+    limit): which, where, and the last good checkpoint to resume from once there is room."""
+    from headstart.pipeline.resume import latest_checkpoint
+
+    reason = getattr(err, "strerror", None) or str(err).splitlines()[0].split("I/O error: ")[-1]
+    run_dir = target.parent.parent if target.parent.name in ("checkpoints", "export") else target.parent
+    last = latest_checkpoint(run_dir)
+    resume = (f"the last good checkpoint is {last}; free space, then resume=auto with hydra.run.dir={run_dir} "
+              "continues from it") if last else "no checkpoint of this run was written before it"
+    return CheckpointError(f"could not write the {what} {target} ({reason}): the disk may be full or the file too "
+                           f"large for it. Nothing partial was left behind; {resume}. Free space in {target.parent} "
+                           "or point hydra.run.dir / paths.log_dir at a disk with room.")
 
 
 def _fsync_dir(directory: Path) -> None:

@@ -135,6 +135,7 @@ class TextDataModule(SplitLoaders, pl.LightningDataModule):
         })
         cache_path = Path(self.cache_dir) / "tokenized" / key
         with _lock(cache_path):
+            _drop_if_damaged(cache_path, "tokenized data")
             if cache_path.exists():
                 self.datasets = datasets.load_from_disk(str(cache_path))
                 self.loaded_from_cache = True
@@ -198,6 +199,7 @@ class TextDataModule(SplitLoaders, pl.LightningDataModule):
                      **({"ordered_split": True} if self.ordered_validation_split else {})})
         path = Path(self.cache_dir) / "tokenizers" / key
         with _lock(path):
+            _drop_if_damaged(path, "tokenizer")
             if not path.exists():
                 log.info("Training a %s tokenizer (vocab %d) on %d texts", self.tokenizer_type, self.vocab_size,
                          len(train_split))
@@ -205,6 +207,7 @@ class TextDataModule(SplitLoaders, pl.LightningDataModule):
                 tok = train_tokenizer(texts, self.tokenizer_type, self.vocab_size, self.lowercase, self.max_length)
                 tmp = path.with_name(path.name + f".tmp{os.getpid()}")
                 tok.save_pretrained(str(tmp))
+                write_manifest(tmp)
                 os.replace(tmp, path)
         return AutoTokenizer.from_pretrained(str(path))
 
@@ -236,4 +239,47 @@ def _save_atomic(dataset_dict, path: Path) -> None:
     tmp = path.with_name(path.name + f".tmp{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     dataset_dict.save_to_disk(str(tmp))
+    write_manifest(tmp)
     os.replace(tmp, path)
+
+
+MANIFEST = "headstart_manifest.json"
+
+
+def _file_hashes(directory: Path) -> dict[str, str]:
+    return {str(p.relative_to(directory)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(directory.rglob("*")) if p.is_file() and p.name != MANIFEST}
+
+
+def write_manifest(directory: Path) -> None:
+    """The content hash of every file of a cache entry, written into it before it is put in place."""
+    (Path(directory) / MANIFEST).write_text(json.dumps(_file_hashes(Path(directory)), indent=1))
+
+
+def cache_damage(directory: Path) -> str | None:
+    """Why a cache entry cannot be trusted (a file missing, added or changed since it was written, or
+    no manifest), or None when every file is as written."""
+    manifest = Path(directory) / MANIFEST
+    try:
+        recorded = json.loads(manifest.read_text())
+    except (OSError, ValueError):
+        return f"its {MANIFEST} is missing or unreadable"
+    found = _file_hashes(Path(directory))
+    for name in sorted(set(recorded) | set(found)):
+        if name not in found:
+            return f"{name} is missing"
+        if name not in recorded:
+            return f"{name} was not part of it"
+        if found[name] != recorded[name]:
+            return f"{name} changed since it was written"
+    return None
+
+
+def _drop_if_damaged(path: Path, what: str) -> None:
+    """A cache entry that fails its check is removed, to be rebuilt: a run never trains on it."""
+    if not path.exists():
+        return
+    damage = cache_damage(path)
+    if damage is not None:
+        log.warning("Cached %s %s is damaged (%s); removing it and building it again.", what, path, damage)
+        shutil.rmtree(path, ignore_errors=True)

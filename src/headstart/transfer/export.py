@@ -24,9 +24,18 @@ def write_export(net, processor, directory: str, metadata: dict[str, Any]) -> No
     # would otherwise write some models (ViT) in their older checkpoint layout. Both load with from_pretrained.
     kwargs = {"save_original_format": False} if "save_original_format" in inspect.signature(
         net.save_pretrained).parameters else {}
-    net.save_pretrained(str(tmp), safe_serialization=True, **kwargs)
-    if processor is not None:
-        processor.save_pretrained(str(tmp))
+    try:
+        net.save_pretrained(str(tmp), safe_serialization=True, **kwargs)
+        if processor is not None:
+            processor.save_pretrained(str(tmp))
+    except Exception as err:  # a full disk: no half-written export.tmp<pid>/ left behind
+        shutil.rmtree(tmp, ignore_errors=True)
+        # safetensors reports the file's OSError as its own SafetensorError, "I/O error: ... (os error N)".
+        if not isinstance(err, OSError) and "os error" not in str(err) and "I/O error" not in str(err):
+            raise
+        from headstart.checkpoints import write_failed
+
+        raise write_failed(target, "export", err) from None
     meta = {
         "format": 1,
         "headstart_version": headstart.__version__,
