@@ -163,8 +163,11 @@ def test_a_failed_checkpoint_write_keeps_the_previous_checkpoint(tmp_path):
     def disk_full():
         raise OSError("No space left on device")
 
-    with pytest.raises(OSError, match="No space"):
+    from headstart.errors import CheckpointError
+
+    with pytest.raises(CheckpointError, match="No space left on device") as failure:
         _save_then_fail_halfway(path, disk_full)
+    assert f"the last good checkpoint is {path}" in str(failure.value)
     _assert_previous_checkpoint_whole(path)
     assert [p.name for p in path.parent.iterdir()] == ["last.ckpt"]  # the temporary file is cleaned up
 
