@@ -135,6 +135,14 @@ def image_export_for_a_text_task(tmp: Path, corpus: Path):
             ["model.init_from=", "the export of an image backbone (DenoisingAutoencoder)", "text pretraining"])
 
 
+def export_of_another_attention_layout(tmp: Path, corpus: Path):
+    lines = (corpus / "train.txt").read_text().splitlines()
+    arch = {"model_type": "bert", **{k.split(".")[-1].split("=")[0]: int(k.split("=")[1]) for k in TINY_MODEL}}
+    export = make_mlm_export(lines, arch, tmp / "two_heads")  # 2 attention heads; the same shapes with 4
+    return ([*_classify(corpus / "cls_train.jsonl"), f"model.init_from={export}", "model.arch.num_attention_heads=4"],
+            ["another architecture", "num_attention_heads: export 2, model 4"])
+
+
 def checkpoint_path_is_a_directory(tmp: Path, corpus: Path):
     return [*DIGITS, f"ckpt_path={tmp}"], [f"ckpt_path='{tmp}' is a directory", "resume=<its directory>"]
 
@@ -152,6 +160,7 @@ def cache_dir_not_writable(tmp: Path, corpus: Path):
 CASES = [malformed_yaml, bad_override_syntax, binary_data_file, sequences_longer_than_the_model, truncated_checkpoint,
          not_a_lightning_checkpoint, truncated_export_weights, nan_loss, latin1_byte_in_jsonl, latin1_byte_in_csv,
          list_labels, null_labels, zero_batch_size, nothing_masked, image_export_for_a_text_task,
+         export_of_another_attention_layout,
          checkpoint_path_is_a_directory, class_count_given_by_hand, cache_dir_not_writable]
 
 
