@@ -76,7 +76,7 @@ def write_failed(target: Path, what: str, err: BaseException) -> CheckpointError
     from headstart.pipeline.resume import latest_checkpoint
 
     reason = getattr(err, "strerror", None) or str(err).splitlines()[0].split("I/O error: ")[-1]
-    run_dir = target.parent.parent if target.parent.name in ("checkpoints", "export") else target.parent
+    run_dir = target.parent.parent if target.parent.name == "checkpoints" else target.parent  # or run/export
     last = latest_checkpoint(run_dir)
     resume = (f"the last good checkpoint is {last}; free space, then resume=auto with hydra.run.dir={run_dir} "
               "continues from it") if last else "no checkpoint of this run was written before it"

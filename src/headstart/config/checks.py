@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import fnmatch
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -57,7 +57,6 @@ COUNT = Range(1, integer=True)
 POSITIVE = Range(0, open_low=True)
 NON_NEGATIVE = Range(0)
 PROBABILITY = Range(0, 1)
-STRICT_PROBABILITY = Range(0, 1, open_low=True, open_high=True)
 DROPOUT = Range(0, 1, open_high=True)
 
 # fnmatch patterns over dotted config keys -> the range their values must be in.
@@ -133,13 +132,13 @@ def _leaves(node: Any, prefix: str = "") -> Iterator[tuple[str, Any]]:
         yield prefix, node._value() if hasattr(node, "_value") else node
 
 
-def problems(cfg: DictConfig, rules: dict[str, Range] | None = None) -> list[str]:
+def problems(cfg: DictConfig) -> list[str]:
     """One sentence per value of ``cfg`` outside its range."""
     found = []
     for key, value in _leaves(cfg):
         if not key.startswith(("data.", "task.", "model.", "trainer.", "transfer.")):
             continue
-        for pattern, allowed in (rules or RULES).items():
+        for pattern, allowed in RULES.items():
             if fnmatch.fnmatchcase(key, pattern) and not allowed.allows(value):
                 found.append(f"{key}={'null' if value is None else value!r} is out of range: it must be "
                              f"{allowed.describe()}")
@@ -147,9 +146,9 @@ def problems(cfg: DictConfig, rules: dict[str, Range] | None = None) -> list[str
     return found
 
 
-def check_values(cfg: DictConfig, where: Callable[[], str] = lambda: "") -> None:
+def check_values(cfg: DictConfig, where: str = "") -> None:
     """Refuse a config with a value out of range, naming every such key, its value and its range."""
     found = problems(cfg)
     if found:
         raise ConfigError(f"{'; '.join(found)}. Set {'it' if len(found) == 1 else 'each'} on the command line to "
-                          f"a value in range{where()}.")
+                          f"a value in range{where}.")

@@ -77,6 +77,14 @@ def check_utf8(split: str, path: str) -> None:
     raise DataError(f"data.{split}_files: {path!r} is not UTF-8 text (it ends inside a character). Save it as UTF-8.")
 
 
+def file_sha256(path: Path | str) -> str:
+    """The sha256 of a file's bytes, read in chunks (cache entries can be larger than memory allows twice)."""
+    import hashlib
+
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
 def fingerprint(paths: list[str]) -> list[tuple[str, int, int]]:
     """What identifies a file's contents for caching: its path, size and modification time."""
     return [(os.path.abspath(p), os.path.getsize(p), os.stat(p).st_mtime_ns) for p in paths]

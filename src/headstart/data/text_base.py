@@ -247,7 +247,7 @@ MANIFEST = "headstart_manifest.json"
 
 
 def _file_hashes(directory: Path) -> dict[str, str]:
-    return {str(p.relative_to(directory)): hashlib.sha256(p.read_bytes()).hexdigest()
+    return {str(p.relative_to(directory)): files.file_sha256(p)
             for p in sorted(directory.rglob("*")) if p.is_file() and p.name != MANIFEST}
 
 

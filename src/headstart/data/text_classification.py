@@ -15,11 +15,6 @@ log = logging.getLogger(__name__)
 _LABEL_DTYPES = {"string", "large_string", "bool", *(f"{s}int{b}" for s in ("", "u") for b in (8, 16, 32, 64))}
 
 
-def _row(split: str, paths: list[str], row: int, text: str) -> str:
-    """A row of a split's files as they hold them (1: the first data row)."""
-    return f"data.{split}_files {paths}: row {row} (text {text[:50]!r})"
-
-
 class TextClassificationDataModule(TextDataModule):
     required_columns = ("label",)
 
@@ -35,10 +30,11 @@ class TextClassificationDataModule(TextDataModule):
         self.required_columns = (label_column,)
         self.label_names: list[str] = []
 
-    def _where(self, split: str, row: int, text: str) -> str:
-        """A row, named by its files, its text and, where the split keeps file order, its number."""
+    def _where(self, split: str, row: int, text: str, as_read: bool = False) -> str:
+        """A row, named by its files, its text and, where the split keeps file order, its number
+        (``as_read``: the splits as the files hold them, before validation is carved out of training)."""
         own = bool(self.split_files[split])
-        in_order = own and (split != "train" or bool(self.split_files["validation"]))  # else shuffled by the split
+        in_order = own and (as_read or split != "train" or bool(self.split_files["validation"]))
         files_ = self.split_files[split] if own else self.split_files["train"]
         number = f"row {row}" if in_order else "a row"
         return f"data.{split}_files {files_}: {number} (text {text[:50]!r})"
@@ -54,7 +50,7 @@ class TextClassificationDataModule(TextDataModule):
             if not self.drop_missing_labels:
                 row = next(i for i, v in enumerate(ds[column], start=1) if v is None)
                 raise DataError(
-                    f"{_row(split, self.split_files[split], row, ds[row - 1]['text'])} has no {column!r} (null); {missing} of the "
+                    f"{self._where(split, row, ds[row - 1]['text'], as_read=True)} has no {column!r} (null); {missing} of the "
                     f"split's {len(ds)} rows have none. Give every row a label, or drop the unlabelled "
                     "ones with data.drop_missing_labels=true."
                 )
@@ -77,7 +73,7 @@ class TextClassificationDataModule(TextDataModule):
             row, value = next(((i, v) for i, v in enumerate(ds[column], start=1)
                                if not isinstance(v, str | int | bool)), (1, ds[0][column]))
             raise DataError(
-                f"{_row(split, self.split_files[split], row, ds[row - 1]['text'])} has {column!r} = {value!r}, a "
+                f"{self._where(split, row, ds[row - 1]['text'], as_read=True)} has {column!r} = {value!r}, a "
                 f"{type(value).__name__}, where a label is one class name or id (a string or integer). For several "
                 "labels per text use one row per label, or experiment=text_multitask; for numbers, "
                 "experiment=text_regression."

@@ -203,22 +203,25 @@ def run_pipeline(cfg: DictConfig) -> dict[str, Any]:
         pipe.seeds = list(pipe.seeds)[:1] if pipe.seeds else None
         log.info("debug=%s: the first amount of labels, seed and setting only", hydra_cfg.runtime.choices.debug)
 
-    def run(name: str, overrides: list[str], last: list[str] = ()) -> dict[str, Any]:
-        stage_cfg = compose_stage(config_name, [
+    def stage_config(name: str, overrides: list[str], last: list[str] = ()) -> DictConfig:
+        return compose_stage(config_name, [
             *overrides, *shared, *last, f"paths.output_dir={quote(str(out / name))}",
             f"run_group={quote(group)}", f"run_name={quote(group + '-' + name.replace('/', '-'))}",
         ])
+
+    def run(name: str, overrides: list[str], last: list[str] = ()) -> dict[str, Any]:
+        stage_cfg = stage_config(name, overrides, last)
         log.info("Pipeline stage %s: %s", name, " ".join([*overrides, *last]))
         return run_stage(stage_cfg)
 
     # Every stage's values checked before the first one trains (a bad fine-tuning setting found after
-    # an hour of pretraining is an hour lost).
-    first = [*amounts[0]["overrides"], f"seed={pipe.seeds[0]}"] if amounts and pipe.seeds else []
-    stages = {"pretrain": [f"experiment={pipe.pretrain.experiment}", *pretrain_overrides]} if not reused else {}
-    stages.update({model: [*overrides, *first, *(f"{k}={quote(v)}" for k, v in (grids[model] or [{}])[0].items())]
+    # an hour of pretraining is an hour lost): each model's first run, as _label_efficiency composes it.
+    first = [*amounts[0]["overrides"], f"seed={(pipe.seeds or [cfg.seed])[0]}"] if amounts else []
+    stages = {} if reused else {"pretrain": ([f"experiment={pipe.pretrain.experiment}", *pretrain_overrides], [])}
+    stages.update({model: (overrides, [*first, *(f"{k}={quote(v)}" for k, v in (grids[model] or [{}])[0].items())])
                    for model, overrides in models.items()})
-    for name, overrides in stages.items():
-        check_values(compose_stage(config_name, [*overrides, *shared]), lambda name=name: f" (pipeline stage {name})")
+    for name, (overrides, last) in stages.items():
+        check_values(stage_config(name, overrides, last), f" (pipeline stage {name})")
 
     if reused:
         log.info("Pipeline stage pretrain: reusing %s (pipeline.pretrain.from)", reused["export_dir"])

@@ -10,6 +10,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from headstart.data.files import file_sha256
+
 EXPORT_METADATA = "headstart_export.json"
 
 
@@ -49,12 +51,6 @@ def write_export(net, processor, directory: str, metadata: dict[str, Any]) -> No
     if target.exists():
         shutil.rmtree(target)
     os.replace(tmp, target)
-
-
-def file_sha256(path: Path) -> str:
-    import hashlib
-
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 def read_metadata(directory: Path) -> dict[str, Any]:

@@ -10,8 +10,9 @@ from typing import Any
 
 import torch
 
+from headstart.data.files import file_sha256
 from headstart.errors import CheckpointError
-from headstart.transfer.export import EXPORT_METADATA, file_sha256, read_metadata
+from headstart.transfer.export import EXPORT_METADATA, read_metadata
 
 log = logging.getLogger(__name__)
 
