@@ -27,8 +27,10 @@ class HeadstartModule(pl.LightningModule):
     frozen_modules: tuple[torch.nn.Module, ...] = ()
     layer_lr_decay = 1.0
 
-    def __init__(self, backbone, optimizer, scheduler=None, monitor: str = "val/loss",
-                 monitor_mode: str = "min") -> None:
+    def __init__(self, backbone, optimizer, scheduler=None, monitor: str | None = None,
+                 monitor_mode: str | None = None) -> None:
+        # monitor/monitor_mode (the task config's, which the checkpoint callback reads) are only recorded
+        # with the hyperparameters: their defaults live in the schema, not here.
         super().__init__()
         self.save_hyperparameters(ignore=["backbone", "optimizer", "scheduler"])
         self.optimizer_factory = optimizer

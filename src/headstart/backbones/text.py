@@ -7,6 +7,7 @@ import socket
 from pathlib import Path
 from typing import Any
 
+from headstart.config.schema import TextBackboneConfig
 from headstart.errors import CheckpointError, ConfigError, did_you_mean
 
 # Which transformers auto class builds a backbone with each kind of head.
@@ -46,8 +47,10 @@ class TextBackboneSpec:
     """
 
     def __init__(self, arch: dict[str, Any] | None = None, name_or_path: str | None = None,
-                 init_from: str | None = None, attn_implementation: str = "sdpa",
-                 init_scope: str = "backbone", allow_incomplete: bool = False) -> None:
+                 init_from: str | None = None,
+                 attn_implementation: str = TextBackboneConfig.attn_implementation,
+                 init_scope: str = TextBackboneConfig.init_scope,
+                 allow_incomplete: bool = TextBackboneConfig.allow_incomplete) -> None:
         if init_scope not in INIT_SCOPES:
             raise ConfigError(
                 f"model.init_scope={init_scope!r} is unknown; use 'backbone' (load every backbone weight of "

@@ -8,38 +8,6 @@ from hydra.core.config_store import ConfigStore
 
 from headstart.config import schema
 
-_SCHEMAS = {
-    (None, "train_schema"): schema.TrainConfig,
-    ("schema/paths", "paths"): schema.PathsConfig,
-    ("schema/trainer", "trainer"): schema.TrainerConfig,
-    ("schema/data", "text_lm"): schema.TextLMDataConfig,
-    ("schema/data", "text_classification"): schema.TextClassificationDataConfig,
-    ("schema/model", "text_backbone"): schema.TextBackboneConfig,
-    ("schema/task", "masked_lm"): schema.MaskedLMConfig,
-    ("schema/task", "sequence_classification"): schema.SequenceClassificationConfig,
-    ("schema/task", "causal_lm"): schema.CausalLMConfig,
-    ("schema/task", "simcse"): schema.SimCSEConfig,
-    ("schema/task", "word2vec"): schema.Word2VecConfig,
-    ("schema/task", "distillation"): schema.DistillationConfig,
-    ("schema/data", "image"): schema.ImageDataConfig,
-    ("schema/model", "vision_backbone"): schema.VisionBackboneConfig,
-    ("schema/task", "image_classification"): schema.ImageClassificationConfig,
-    ("schema/task", "simclr"): schema.SimCLRConfig,
-    ("schema/task", "moco"): schema.MoCoConfig,
-    ("schema/task", "denoising_autoencoder"): schema.DenoisingAutoencoderConfig,
-    ("schema/task", "variational_autoencoder"): schema.VariationalAutoencoderConfig,
-    ("schema/task", "masked_autoencoder"): schema.MaskedAutoencoderConfig,
-    ("schema/task", "feature_export"): schema.FeatureExportConfig,
-    ("schema/data", "token_classification"): schema.TokenClassificationDataConfig,
-    ("schema/data", "text_regression"): schema.TextRegressionDataConfig,
-    ("schema/task", "token_classification"): schema.TokenClassificationConfig,
-    ("schema/task", "regression"): schema.RegressionConfig,
-    ("schema/data", "question_answering"): schema.QuestionAnsweringDataConfig,
-    ("schema/task", "question_answering"): schema.QuestionAnsweringConfig,
-    ("schema/data", "multitask"): schema.MultiTaskDataConfig,
-    ("schema/task", "multitask"): schema.MultiTaskConfig,
-}
-
 
 def hydra_subdir(resume: str | None, ckpt_path: str | None) -> str:
     """Where Hydra writes its record of a start (``.hydra/``): a resumed start beside the first one's,
@@ -65,7 +33,7 @@ def register_configs() -> None:
     OmegaConf.register_new_resolver("cwd", os.getcwd, use_cache=True, replace=True)
     OmegaConf.register_new_resolver("hydra_subdir", hydra_subdir, use_cache=True, replace=True)
     store = ConfigStore.instance()
-    for (group, name), node in _SCHEMAS.items():
+    for (group, name), node in schema.SCHEMAS.items():
         store.store(group=group, name=name, node=node)
     _report_yaml_errors_in_one_line()
 

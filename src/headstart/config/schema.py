@@ -1,8 +1,12 @@
 """Structured-config schemas. Hydra validates every composed config and override against these,
 so an unknown key or a wrong type fails before any model is built, naming the key.
 
-Each group option YAML lists its schema first in its defaults (``- text_lm_schema``), the
-documented Hydra pattern for group schemas. Registered in ``headstart.config.register_configs``.
+Each group option YAML lists its schema first in its defaults (``- /schema/data@_here_: text_lm``),
+the documented Hydra pattern for group schemas; each schema registers itself (``Schema``).
+
+Every default of a task, data or model setting is declared here and nowhere else: constructors take
+theirs from these classes (``temperature: float = SimCLRConfig.temperature``) and group option YAMLs
+set only what differs (tests/test_shipped_defaults.py checks both).
 """
 
 from __future__ import annotations
@@ -12,19 +16,34 @@ from typing import Any
 
 from omegaconf import II, MISSING
 
+#: (ConfigStore group, name) -> schema; filled by the schemas themselves as they are defined.
+SCHEMAS: dict[tuple[str | None, str], type] = {}
+
+
+class Schema:
+    """The base of every schema. A schema declared with ``group`` and ``name``
+    (``class SimCLRConfig(ImageContrastiveConfig, group="schema/task", name="simclr")``) registers
+    itself, and ``register_configs`` puts it into Hydra's ConfigStore under that group and name."""
+
+    def __init_subclass__(cls, group: str | None = None, name: str | None = None, **kwargs) -> None:
+        super().__init_subclass__(**kwargs)
+        if name is not None:
+            SCHEMAS[(group, name)] = cls
+
 
 @dataclass
-class PathsConfig:
+class PathsConfig(Schema, group="schema/paths", name="paths"):
     root_dir: str = "."
     data_dir: str = "${paths.root_dir}/data"
     log_dir: str = "${paths.root_dir}/outputs"
+    # Trained tokenizers and tokenized datasets, reused across runs.
     cache_dir: str = "${paths.root_dir}/.cache/headstart"
     # None only where Hydra has no run yet (`--cfg job --resolve`).
     output_dir: str | None = "${hydra:runtime.output_dir}"
 
 
 @dataclass
-class TrainerConfig:
+class TrainerConfig(Schema, group="schema/trainer", name="trainer"):
     """The keyword arguments of ``lightning.pytorch.Trainer`` that a config may set."""
 
     _target_: str = "lightning.pytorch.Trainer"
@@ -68,7 +87,7 @@ class TrainerConfig:
 
 
 @dataclass
-class LabelAmountFields:
+class LabelAmountFields(Schema):
     """How many training labels a labelled data set keeps (headstart.data.subsets): a share, or a
     number of examples spread over the classes by label_sampling (stratified | balanced | per_class)."""
 
@@ -78,7 +97,7 @@ class LabelAmountFields:
 
 
 @dataclass
-class TextDataConfig:
+class TextDataConfig(Schema):
     """Fields shared by every text data module."""
 
     _target_: str = MISSING
@@ -107,13 +126,14 @@ class TextDataConfig:
 
 
 @dataclass
-class TextLMDataConfig(TextDataConfig):
+class TextLMDataConfig(TextDataConfig, group="schema/data", name="text_lm"):
     _target_: str = "headstart.data.text_lm.TextLMDataModule"
     packing: str = "blocks"
 
 
 @dataclass
-class TextClassificationDataConfig(TextDataConfig, LabelAmountFields):
+class TextClassificationDataConfig(TextDataConfig, LabelAmountFields, group="schema/data",
+                                   name="text_classification"):
     _target_: str = "headstart.data.text_classification.TextClassificationDataModule"
     label_column: str = "label"
     # Validation/test rows with the text of a training row (or of a row of overlap_files, e.g. the
@@ -125,7 +145,7 @@ class TextClassificationDataConfig(TextDataConfig, LabelAmountFields):
 
 
 @dataclass
-class BackboneConfig:
+class BackboneConfig(Schema):
     """Fields shared by every backbone: built from ``arch`` (a transformers config, no download), or
     loaded from ``name_or_path``; ``init_from`` is the export the hand-off loads."""
 
@@ -139,7 +159,7 @@ class BackboneConfig:
 
 
 @dataclass
-class TextBackboneConfig(BackboneConfig):
+class TextBackboneConfig(BackboneConfig, group="schema/model", name="text_backbone"):
     _target_: str = "headstart.backbones.text.TextBackboneSpec"
     # What the hand-off loads from init_from: "backbone" (every weight) or "embeddings" (the input
     # embedding matrix alone, e.g. word2vec vectors into a BERT).
@@ -147,7 +167,7 @@ class TextBackboneConfig(BackboneConfig):
 
 
 @dataclass
-class TaskConfig:
+class TaskConfig(Schema):
     """Fields shared by every objective and downstream head."""
 
     _target_: str = MISSING
@@ -158,11 +178,19 @@ class TaskConfig:
 
 
 @dataclass
-class MaskedLMConfig(TaskConfig):
-    _target_: str = "headstart.objectives.masked_lm.MaskedLanguageModeling"
+class MaskingFields(Schema):
+    """BERT's masking (transformers' DataCollatorForLanguageModeling), shared by the masked LM and its
+    distillation: this share of the tokens is selected; of those, mask_replace_prob become [MASK],
+    random_replace_prob a random token, and the rest stay as they are."""
+
     mlm_probability: float = 0.15
     mask_replace_prob: float = 0.8
     random_replace_prob: float = 0.1
+
+
+@dataclass
+class MaskedLMConfig(TaskConfig, MaskingFields, group="schema/task", name="masked_lm"):
+    _target_: str = "headstart.objectives.masked_lm.MaskedLanguageModeling"
     # BERT's next-sentence prediction beside the MLM (BertForPreTraining); needs data.packing=pairs.
     next_sentence_prediction: bool = False
 
@@ -178,13 +206,13 @@ class HeadConfig(TaskConfig):
 
 
 @dataclass
-class SequenceClassificationConfig(HeadConfig):
+class SequenceClassificationConfig(HeadConfig, group="schema/task", name="sequence_classification"):
     _target_: str = "headstart.heads.sequence_classification.SequenceClassifier"
     pooling: str = "mean"
 
 
 @dataclass
-class FeatureExportConfig(TaskConfig):
+class FeatureExportConfig(TaskConfig, group="schema/task", name="feature_export"):
     """Write the backbone's features of every example (headstart.heads.features); nothing trains."""
 
     _target_: str = "headstart.heads.features.FeatureExtractor"
@@ -196,7 +224,7 @@ class FeatureExportConfig(TaskConfig):
 
 
 @dataclass
-class StageConfig:
+class StageConfig(Schema):
     """One pipeline stage: an experiment plus overrides that apply to it alone, either a list of
     override strings (``["data=text_files", "data.train_files=[a.txt]"]``) or a nested dict
     (``{trainer: {max_epochs: 3}}``). Overrides given on the command line
@@ -211,7 +239,7 @@ class StageConfig:
 
 
 @dataclass
-class ScratchStageConfig:
+class ScratchStageConfig(Schema):
     """The from-scratch baseline: the finetune stage's overrides, then these; ``search`` as the
     finetune stage's (its own settings chosen on validation)."""
 
@@ -220,7 +248,7 @@ class ScratchStageConfig:
 
 
 @dataclass
-class PipelineFilesConfig:
+class PipelineFilesConfig(Schema):
     """A user's own text for a pipeline whose stage overrides refer to it (e.g.
     experiment=label_efficiency_text_files): an unlabelled corpus for pretraining and labelled
     train/dev/test files (.txt, .jsonl, .csv, .tsv or .parquet) for the downstream task."""
@@ -234,7 +262,7 @@ class PipelineFilesConfig:
 
 
 @dataclass
-class PipelineConfig:
+class PipelineConfig(Schema):
     # The pretrain stage takes one more key, ``from``: a finished pretrain run (or pipeline, or export)
     # directory to reuse instead of pretraining again. A Python keyword cannot be a dataclass field, so
     # this stage is a plain mapping, checked by the pipeline runner (headstart.pipeline.runner).
@@ -258,7 +286,7 @@ class PipelineConfig:
 
 
 @dataclass
-class TransferConfig:
+class TransferConfig(Schema):
     """How a downstream run uses its backbone (see headstart.transfer.modes)."""
 
     mode: str = "finetune"
@@ -268,7 +296,7 @@ class TransferConfig:
 
 
 @dataclass
-class SpeedConfig:
+class SpeedConfig(Schema):
     """Speed switches that change how the network runs, not what it computes (BENCHMARKS.md has
     their measured effect). Others live where they act: model.attn_implementation (sdpa/eager),
     trainer.precision, task.optimizer.fused, data.packing, data.bucket_by_length, data.num_workers."""
@@ -281,7 +309,7 @@ class SpeedConfig:
 
 
 @dataclass
-class TrainConfig:
+class TrainConfig(Schema, name="train_schema"):
     """The root of every composed config."""
 
     task_name: str = "train"
@@ -306,28 +334,28 @@ class TrainConfig:
 
 
 @dataclass
-class Word2VecConfig(TaskConfig):
+class Word2VecConfig(TaskConfig, group="schema/task", name="word2vec"):
     _target_: str = "headstart.objectives.word2vec.Word2Vec"
-    mode: str = "skipgram"
+    mode: str = "skipgram"  # skipgram | cbow | document
+    # Context words on either side of a centre; each centre draws its own reach in 1..window (not document).
     window: int = 5
+    # Noise words per example, drawn from the training split's unigram counts ^ noise_power.
     negatives: int = 5
+    # Frequent words are dropped with probability 1 - sqrt(subsample_threshold / frequency); 0 keeps all.
     subsample_threshold: float = 1e-3
     noise_power: float = 0.75
 
 
 @dataclass
-class DistillationConfig(TaskConfig):
+class DistillationConfig(TaskConfig, MaskingFields, group="schema/task", name="distillation"):
     _target_: str = "headstart.objectives.distillation.MaskedLMDistillation"
     teacher: str = MISSING
     temperature: float = 2.0
     alpha: float = 0.5
-    mlm_probability: float = 0.15
-    mask_replace_prob: float = 0.8
-    random_replace_prob: float = 0.1
 
 
 @dataclass
-class CausalLMConfig(TaskConfig):
+class CausalLMConfig(TaskConfig, group="schema/task", name="causal_lm"):
     _target_: str = "headstart.objectives.causal_lm.CausalLanguageModeling"
     # After each validation epoch: continue the first sample_prompt_tokens of the validation data by
     # sample_new_tokens (0: no samples), greedily (sample_top_k=null) or top-k with sample_seed.
@@ -351,16 +379,19 @@ class OnlineEvaluationConfig(TaskConfig):
 
 
 @dataclass
-class SimCSEConfig(OnlineEvaluationConfig):
+class SimCSEConfig(OnlineEvaluationConfig, group="schema/task", name="simcse"):
     _target_: str = "headstart.objectives.simcse.SimCSE"
     temperature: float = 0.05
+    # How token states become one vector: mean (what sequence_classification reads by default), cls, last.
     pooling: str = "mean"
+    # SimCSE's MLP (linear + tanh) between the pooled vector and the loss; not part of the export.
     projection: bool = True
+    # Under DDP, every process's texts are negatives for every other's (a larger effective batch).
     gather_negatives: bool = True
 
 
 @dataclass
-class ImageDataConfig(LabelAmountFields):
+class ImageDataConfig(LabelAmountFields, group="schema/data", name="image"):
     """Labelled images: ``builtin`` (digits) or folders with one subfolder per class."""
 
     _target_: str = "headstart.data.vision.ImageDataModule"
@@ -384,24 +415,24 @@ class ImageDataConfig(LabelAmountFields):
 
 
 @dataclass
-class VisionBackboneConfig(BackboneConfig):
+class VisionBackboneConfig(BackboneConfig, group="schema/model", name="vision_backbone"):
     """A transformers vision backbone: resnet, vit or headstart_cnn."""
 
     _target_: str = "headstart.backbones.vision.VisionBackboneSpec"
 
 
 @dataclass
-class ImageClassificationConfig(HeadConfig):
+class ImageClassificationConfig(HeadConfig, group="schema/task", name="image_classification"):
     _target_: str = "headstart.heads.image_classification.ImageClassifier"
 
 
 @dataclass
-class ImageAugmentConfig:
+class ImageAugmentConfig(Schema):
     """Batched augmentations of the contrastive image objectives (headstart.data.augment.ImageAugment);
     brightness, noise_std and erasing act on normalised pixels. 0 or null switches a part off."""
 
-    crop_scale: list[float] | None = field(default_factory=lambda: [0.5, 1.0])
-    crop_ratio: list[float] = field(default_factory=lambda: [0.75, 1.3333])
+    crop_scale: tuple[float, float] | None = (0.5, 1.0)
+    crop_ratio: tuple[float, float] = (0.75, 1.3333)
     rotation: float = 15.0
     translate: float = 0.1
     hflip_prob: float = 0.0
@@ -409,7 +440,7 @@ class ImageAugmentConfig:
     contrast: float = 0.4
     noise_std: float = 0.1
     erase_prob: float = 0.25
-    erase_scale: list[float] = field(default_factory=lambda: [0.02, 0.2])
+    erase_scale: tuple[float, float] = (0.02, 0.2)
 
 
 @dataclass
@@ -421,33 +452,39 @@ class ImagePretrainingConfig(OnlineEvaluationConfig):
 class ImageContrastiveConfig(ImagePretrainingConfig):
     """Fields shared by SimCLR and MoCo."""
 
-    temperature: float = 0.2
+    temperature: float = 0.2  # MoCo v2's; SimCLR sets its own
     projection_dim: int = 64
     projection_hidden_dim: int | None = None
     augment: ImageAugmentConfig = field(default_factory=ImageAugmentConfig)
 
 
 @dataclass
-class DenoisingAutoencoderConfig(ImagePretrainingConfig):
-    _target_: str = "headstart.objectives.denoising_autoencoder.DenoisingAutoencoder"
-    noise: str = "gaussian"
-    noise_level: float = 0.5
+class ImageDecoderFields(Schema):
+    """The decoder of the image autoencoders (headstart.objectives.image_decoder)."""
+
     # Channels of the decoder's upsampling stages (each doubles the size).
-    decoder_widths: list[int] = field(default_factory=lambda: [64, 32])
+    decoder_widths: tuple[int, ...] = (64, 32)
 
 
 @dataclass
-class VariationalAutoencoderConfig(ImagePretrainingConfig):
+class DenoisingAutoencoderConfig(ImagePretrainingConfig, ImageDecoderFields, group="schema/task", name="denoising_autoencoder"):
+    _target_: str = "headstart.objectives.denoising_autoencoder.DenoisingAutoencoder"
+    noise: str = "gaussian"
+    noise_level: float = 0.5
+
+
+@dataclass
+class VariationalAutoencoderConfig(ImagePretrainingConfig, ImageDecoderFields, group="schema/task",
+                                   name="variational_autoencoder"):
     _target_: str = "headstart.objectives.variational_autoencoder.VariationalAutoencoder"
     latent_dim: int = 16
     kl_weight: float = 1.0
     # Optimizer steps over which the KL weight rises linearly from 0 to kl_weight (0: no annealing).
     kl_anneal_steps: int = 0
-    decoder_widths: list[int] = field(default_factory=lambda: [64, 32])
 
 
 @dataclass
-class MaskedAutoencoderConfig(ImagePretrainingConfig):
+class MaskedAutoencoderConfig(ImagePretrainingConfig, group="schema/task", name="masked_autoencoder"):
     _target_: str = "headstart.objectives.masked_autoencoder.MaskedAutoencoder"
     mask_ratio: float = 0.75
     norm_pix_loss: bool = False
@@ -458,23 +495,27 @@ class MaskedAutoencoderConfig(ImagePretrainingConfig):
 
 
 @dataclass
-class SimCLRConfig(ImageContrastiveConfig):
+class SimCLRConfig(ImageContrastiveConfig, group="schema/task", name="simclr"):
     _target_: str = "headstart.objectives.simclr.SimCLR"
     temperature: float = 0.5
+    # The negatives of every process (DDP), not only this one's.
     gather_negatives: bool = True
 
 
 @dataclass
-class MoCoConfig(ImageContrastiveConfig):
+class MoCoConfig(ImageContrastiveConfig, group="schema/task", name="moco"):
     _target_: str = "headstart.objectives.moco.MoCo"
-    temperature: float = 0.2
+    # The key encoder keeps this share of its weights at each step (MoCo: 0.999 over long runs).
     momentum: float = 0.99
-    queue_size: int = 4096
+    # Keys of earlier batches kept as negatives; smaller than the training set, so that an image's own
+    # key from the last epoch is rarely among them.
+    queue_size: int = 512
 
 
 # -- token classification and regression heads --
 @dataclass
-class TokenClassificationDataConfig(TextDataConfig, LabelAmountFields):
+class TokenClassificationDataConfig(TextDataConfig, LabelAmountFields, group="schema/data",
+                                    name="token_classification"):
     """Rows of words and their IOB2 tags (.jsonl/.parquet lists, or space-separated .csv strings)."""
 
     _target_: str = "headstart.data.token_classification.TokenClassificationDataModule"
@@ -485,20 +526,20 @@ class TokenClassificationDataConfig(TextDataConfig, LabelAmountFields):
 
 
 @dataclass
-class TextRegressionDataConfig(TextClassificationDataConfig):
+class TextRegressionDataConfig(TextClassificationDataConfig, group="schema/data", name="text_regression"):
     """A text column and a numeric target column (or a list of numbers for several targets)."""
 
     _target_: str = "headstart.data.text_regression.TextRegressionDataModule"
 
 
 @dataclass
-class TokenClassificationConfig(HeadConfig):
+class TokenClassificationConfig(HeadConfig, group="schema/task", name="token_classification"):
     _target_: str = "headstart.heads.token_classification.TokenClassifier"
     monitor: str = "val/f1"
 
 
 @dataclass
-class RegressionConfig(HeadConfig):
+class RegressionConfig(HeadConfig, group="schema/task", name="regression"):
     _target_: str = "headstart.heads.regression.Regressor"
     pooling: str = "mean"
     loss: str = "mse"  # mse | mae | huber
@@ -511,7 +552,8 @@ class RegressionConfig(HeadConfig):
 
 # -- extractive question answering --
 @dataclass
-class QuestionAnsweringDataConfig(TextDataConfig, LabelAmountFields):
+class QuestionAnsweringDataConfig(TextDataConfig, LabelAmountFields, group="schema/data",
+                                  name="question_answering"):
     """SQuAD-style rows: a context, a question and the answer's text and character offset."""
 
     _target_: str = "headstart.data.question_answering.QuestionAnsweringDataModule"
@@ -526,7 +568,7 @@ class QuestionAnsweringDataConfig(TextDataConfig, LabelAmountFields):
 
 
 @dataclass
-class QuestionAnsweringConfig(HeadConfig):
+class QuestionAnsweringConfig(HeadConfig, group="schema/task", name="question_answering"):
     _target_: str = "headstart.heads.question_answering.QuestionAnswering"
     # Evaluation's answer search: the longest answer in tokens, and how many top start/end tokens of
     # each window are paired into candidates.
@@ -537,7 +579,7 @@ class QuestionAnsweringConfig(HeadConfig):
 
 # -- multi-task: one backbone, a head and a data set per task --
 @dataclass
-class MultiTaskDataConfig:
+class MultiTaskDataConfig(Schema, group="schema/data", name="multitask"):
     """``tasks``: task name -> that task's data config (any ``data`` group option, composed there in
     the experiment's defaults)."""
 
@@ -549,7 +591,7 @@ class MultiTaskDataConfig:
 
 
 @dataclass
-class MultiTaskEntryConfig:
+class MultiTaskEntryConfig(Schema):
     # A downstream head's config (any head of the ``task`` group), composed in the experiment's defaults.
     head: Any = None
     # The task's loss weight in the sum that trains the shared model.
@@ -557,7 +599,7 @@ class MultiTaskEntryConfig:
 
 
 @dataclass
-class MultiTaskConfig(TaskConfig):
+class MultiTaskConfig(TaskConfig, group="schema/task", name="multitask"):
     _target_: str = "headstart.heads.multitask.MultiTaskModel"
     # The model builds the heads itself (on the shared backbone), so Hydra must not instantiate them.
     _recursive_: bool = False

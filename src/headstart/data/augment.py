@@ -15,6 +15,7 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
+from headstart.config.schema import ImageAugmentConfig
 from headstart.errors import ConfigError
 
 
@@ -102,10 +103,16 @@ class ImageAugment:
     Each part is switched off by its zero (``crop_scale: null``, ``rotation: 0``, ``brightness: 0``, ...).
     """
 
-    def __init__(self, crop_scale: Sequence[float] | None = (0.5, 1.0), crop_ratio: Sequence[float] = (3 / 4, 4 / 3),
-                 rotation: float = 15.0, translate: float = 0.1, hflip_prob: float = 0.0, brightness: float = 0.4,
-                 contrast: float = 0.4, noise_std: float = 0.1, erase_prob: float = 0.25,
-                 erase_scale: Sequence[float] = (0.02, 0.2)) -> None:
+    def __init__(self, crop_scale: Sequence[float] | None = ImageAugmentConfig.crop_scale,
+                 crop_ratio: Sequence[float] = ImageAugmentConfig.crop_ratio,
+                 rotation: float = ImageAugmentConfig.rotation,
+                 translate: float = ImageAugmentConfig.translate,
+                 hflip_prob: float = ImageAugmentConfig.hflip_prob,
+                 brightness: float = ImageAugmentConfig.brightness,
+                 contrast: float = ImageAugmentConfig.contrast,
+                 noise_std: float = ImageAugmentConfig.noise_std,
+                 erase_prob: float = ImageAugmentConfig.erase_prob,
+                 erase_scale: Sequence[float] = ImageAugmentConfig.erase_scale) -> None:
         for name, pair in (("crop_scale", crop_scale), ("crop_ratio", crop_ratio), ("erase_scale", erase_scale)):
             if pair is not None and (len(pair) != 2 or not 0 < pair[0] <= pair[1]):
                 raise ConfigError(f"task.augment.{name}={list(pair)} must be [low, high] with 0 < low <= high.")

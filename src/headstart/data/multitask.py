@@ -19,13 +19,14 @@ from typing import Any
 
 import lightning.pytorch as pl
 
+from headstart.config.schema import MultiTaskDataConfig
 from headstart.errors import ConfigError, HeadstartError
 
 TRAIN_MODES = ("max_size_cycle", "min_size", "max_size")
 
 
 class MultiTaskDataModule(pl.LightningDataModule):
-    def __init__(self, tasks: dict[str, Any], mode: str = "max_size_cycle") -> None:
+    def __init__(self, tasks: dict[str, Any], mode: str = MultiTaskDataConfig.mode) -> None:
         super().__init__()
         if not tasks:
             raise ConfigError("data.tasks is empty: a multi-task run needs one data config per task, e.g. "

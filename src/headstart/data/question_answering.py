@@ -27,6 +27,7 @@ from typing import Any
 
 import torch
 
+from headstart.config.schema import QuestionAnsweringDataConfig
 from headstart.data import files
 from headstart.data.subsets import LabelAmount, column_array, random_subset_indices
 from headstart.data.text_base import TextDataModule
@@ -68,10 +69,15 @@ def answer_positions(offsets: list[tuple[int, int]], start_char: int, end_char: 
 
 
 class QuestionAnsweringDataModule(TextDataModule):
-    def __init__(self, context_column: str = "context", question_column: str = "question",
-                 answers_column: str = "answers", answer_text_column: str = "answer_text",
-                 answer_start_column: str = "answer_start", doc_stride: int = 32, label_fraction: float = 1.0,
-                 label_count: int | None = None, label_sampling: str = "stratified", **kwargs) -> None:
+    def __init__(self, context_column: str = QuestionAnsweringDataConfig.context_column,
+                 question_column: str = QuestionAnsweringDataConfig.question_column,
+                 answers_column: str = QuestionAnsweringDataConfig.answers_column,
+                 answer_text_column: str = QuestionAnsweringDataConfig.answer_text_column,
+                 answer_start_column: str = QuestionAnsweringDataConfig.answer_start_column,
+                 doc_stride: int = QuestionAnsweringDataConfig.doc_stride,
+                 label_fraction: float = QuestionAnsweringDataConfig.label_fraction,
+                 label_count: int | None = None,
+                 label_sampling: str = QuestionAnsweringDataConfig.label_sampling, **kwargs) -> None:
         # A share (or number) of the questions, drawn at random: answers have no classes.
         self.label_amount = LabelAmount(label_fraction, label_count, label_sampling)
         super().__init__(**kwargs)

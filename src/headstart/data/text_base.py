@@ -16,6 +16,7 @@ from typing import Any
 
 import lightning.pytorch as pl
 
+from headstart.config.schema import TextDataConfig
 from headstart.data import builtin, files
 from headstart.data.loaders import SplitLoaders
 from headstart.data.tokenizer import load_tokenizer, tokenizer_fingerprint, train_tokenizer
@@ -31,19 +32,19 @@ class TextDataModule(SplitLoaders, pl.LightningDataModule):
         train_files: list[str] | None = None,
         val_files: list[str] | None = None,
         test_files: list[str] | None = None,
-        text_column: str = "text",
+        text_column: str = TextDataConfig.text_column,
         delimiter: str | None = None,
-        val_fraction: float = 0.1,
+        val_fraction: float = TextDataConfig.val_fraction,
         tokenizer: str | None = None,
-        tokenizer_type: str = "wordpiece",
-        vocab_size: int = 8000,
-        lowercase: bool = True,
-        max_length: int = 128,
-        batch_size: int = 32,
+        tokenizer_type: str = TextDataConfig.tokenizer_type,
+        vocab_size: int = TextDataConfig.vocab_size,
+        lowercase: bool = TextDataConfig.lowercase,
+        max_length: int = TextDataConfig.max_length,
+        batch_size: int = TextDataConfig.batch_size,
         eval_batch_size: int | None = None,
-        num_workers: int = 0,
+        num_workers: int = TextDataConfig.num_workers,
         num_proc: int | None = None,
-        bucket_by_length: bool = False,
+        bucket_by_length: bool = TextDataConfig.bucket_by_length,
         data_dir: str = "data",
         cache_dir: str = ".cache/headstart",
         seed: int = 42,

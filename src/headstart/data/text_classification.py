@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 
+from headstart.config.schema import TextClassificationDataConfig
 from headstart.data import files, overlap
 from headstart.data.subsets import LabelAmount
 from headstart.data.text_base import TextDataModule
@@ -18,9 +19,14 @@ _LABEL_DTYPES = {"string", "large_string", "bool", *(f"{s}int{b}" for s in ("", 
 class TextClassificationDataModule(TextDataModule):
     required_columns = ("label",)
 
-    def __init__(self, label_column: str = "label", label_fraction: float = 1.0, label_count: int | None = None,
-                 label_sampling: str = "stratified", drop_eval_overlap: bool = False,
-                 overlap_files: list[str] | None = None, drop_missing_labels: bool = False, **kwargs) -> None:
+    def __init__(self, label_column: str = TextClassificationDataConfig.label_column,
+                 label_fraction: float = TextClassificationDataConfig.label_fraction,
+                 label_count: int | None = None,
+                 label_sampling: str = TextClassificationDataConfig.label_sampling,
+                 drop_eval_overlap: bool = TextClassificationDataConfig.drop_eval_overlap,
+                 overlap_files: list[str] | None = None,
+                 drop_missing_labels: bool = TextClassificationDataConfig.drop_missing_labels,
+                 **kwargs) -> None:
         self.label_amount = LabelAmount(label_fraction, label_count, label_sampling)
         super().__init__(**kwargs)
         self.drop_eval_overlap = drop_eval_overlap

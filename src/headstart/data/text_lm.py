@@ -6,6 +6,7 @@ from __future__ import annotations
 import random
 from itertools import chain
 
+from headstart.config.schema import TextLMDataConfig
 from headstart.data.text_base import TextDataModule
 from headstart.errors import ConfigError, DataError
 
@@ -13,7 +14,7 @@ PACKINGS = ("blocks", "lines", "pairs")
 
 
 class TextLMDataModule(TextDataModule):
-    def __init__(self, packing: str = "blocks", **kwargs) -> None:
+    def __init__(self, packing: str = TextLMDataConfig.packing, **kwargs) -> None:
         if packing not in PACKINGS:
             raise ConfigError(
                 f"data.packing={packing!r} is unknown; use 'blocks' (concatenate and cut), 'lines' (a line an "

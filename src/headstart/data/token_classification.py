@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import re
 
+from headstart.config.schema import TokenClassificationDataConfig
 from headstart.data import files
 from headstart.data.subsets import LabelAmount
 from headstart.data.text_base import TextDataModule
@@ -32,9 +33,12 @@ def _continuation(tag: str) -> str:
 
 
 class TokenClassificationDataModule(TextDataModule):
-    def __init__(self, tokens_column: str = "tokens", tags_column: str = "tags", label_all_tokens: bool = False,
-                 label_fraction: float = 1.0, label_count: int | None = None, label_sampling: str = "stratified",
-                 **kwargs) -> None:
+    def __init__(self, tokens_column: str = TokenClassificationDataConfig.tokens_column,
+                 tags_column: str = TokenClassificationDataConfig.tags_column,
+                 label_all_tokens: bool = TokenClassificationDataConfig.label_all_tokens,
+                 label_fraction: float = TokenClassificationDataConfig.label_fraction,
+                 label_count: int | None = None,
+                 label_sampling: str = TokenClassificationDataConfig.label_sampling, **kwargs) -> None:
         # Tag sequences have no single class: label_count rows at random (label_sampling does not apply).
         self.label_amount = LabelAmount(label_fraction, label_count, label_sampling)
         super().__init__(**kwargs)

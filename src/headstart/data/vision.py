@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
+from headstart.config.schema import ImageDataConfig
 from headstart.data.loaders import SplitLoaders
 from headstart.data.subsets import LabelAmount
 from headstart.errors import ConfigError, DataError, did_you_mean
@@ -262,18 +263,18 @@ class ImageDataModule(SplitLoaders, pl.LightningDataModule):
         train_dir: str | None = None,
         val_dir: str | None = None,
         test_dir: str | None = None,
-        val_fraction: float = 0.1,
+        val_fraction: float = ImageDataConfig.val_fraction,
         processor: str | None = None,
-        image_size: int = 16,
-        num_channels: int = 1,
+        image_size: int = ImageDataConfig.image_size,
+        num_channels: int = ImageDataConfig.num_channels,
         image_mean: list[float] | None = None,
         image_std: list[float] | None = None,
-        label_fraction: float = 1.0,
+        label_fraction: float = ImageDataConfig.label_fraction,
         label_count: int | None = None,
-        label_sampling: str = "stratified",
-        batch_size: int = 64,
+        label_sampling: str = ImageDataConfig.label_sampling,
+        batch_size: int = ImageDataConfig.batch_size,
         eval_batch_size: int | None = None,
-        num_workers: int = 0,
+        num_workers: int = ImageDataConfig.num_workers,
         seed: int = 42,
     ) -> None:
         super().__init__()

@@ -9,6 +9,7 @@ from torch import nn
 from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
 
+from headstart.config.schema import HeadConfig
 from headstart.heads.supervised import SupervisedHead
 
 
@@ -16,8 +17,9 @@ class Classifier(SupervisedHead):
     """Backbone features -> dropout -> linear. Subclasses say how a batch becomes one vector per
     example (:meth:`features`)."""
 
-    def __init__(self, backbone, optimizer, num_labels: int, scheduler=None, label_names: list[str] | None = None,
-                 classifier_dropout: float = 0.1, **kwargs) -> None:
+    def __init__(self, backbone, optimizer, num_labels: int, scheduler=None,
+                 label_names: list[str] | None = None,
+                 classifier_dropout: float = HeadConfig.classifier_dropout, **kwargs) -> None:
         super().__init__(backbone, optimizer, scheduler, **kwargs)
         self.label_names = label_names
         self.head = nn.Sequential(nn.Dropout(classifier_dropout), nn.Linear(backbone.hidden_size, num_labels))

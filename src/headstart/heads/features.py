@@ -19,6 +19,7 @@ import torch
 
 from headstart.backbones.pooling import check_pooling, pool
 from headstart.backbones.text import encoder_inputs
+from headstart.config.schema import FeatureExportConfig
 from headstart.errors import ConfigError
 from headstart.module import HeadstartModule
 
@@ -28,7 +29,7 @@ FEATURES_DIR = "features"
 class FeatureExtractor(HeadstartModule):
     trains = False
 
-    def __init__(self, backbone, optimizer=None, scheduler=None, pooling: str = "mean",
+    def __init__(self, backbone, optimizer=None, scheduler=None, pooling: str = FeatureExportConfig.pooling,
                  splits: list[str] | None = None, num_labels: int | None = None,
                  label_names: list[str] | None = None, **kwargs) -> None:
         check_pooling(pooling)

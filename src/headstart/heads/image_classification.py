@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import torch
 
+from headstart.config.schema import ImageClassificationConfig
 from headstart.heads.classification import Classifier
 
 
 class ImageClassifier(Classifier):
-    def __init__(self, backbone, optimizer, num_labels: int, scheduler=None, label_names: list[str] | None = None,
-                 classifier_dropout: float = 0.1, **kwargs) -> None:
+    def __init__(self, backbone, optimizer, num_labels: int, scheduler=None,
+                 label_names: list[str] | None = None,
+                 classifier_dropout: float = ImageClassificationConfig.classifier_dropout, **kwargs) -> None:
         super().__init__(backbone, optimizer, num_labels, scheduler, label_names=label_names,
                          classifier_dropout=classifier_dropout, **kwargs)
         self.image_features = backbone.features

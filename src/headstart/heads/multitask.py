@@ -52,7 +52,7 @@ def _instantiated(node):
 
 class MultiTaskModel(HeadstartModule):
     def __init__(self, backbone, optimizer, tasks: dict[str, Any], task_kwargs: dict[str, dict[str, Any]],
-                 scheduler=None, monitor: str = "val/loss", monitor_mode: str = "min") -> None:
+                 scheduler=None, monitor: str | None = None, monitor_mode: str | None = None) -> None:
         from hydra.utils import instantiate
 
         if not tasks:

@@ -15,6 +15,7 @@ from torch import nn
 from torchmetrics import MetricCollection
 
 from headstart.backbones.text import ENCODER_INPUTS, encoder_inputs
+from headstart.config.schema import QuestionAnsweringConfig
 from headstart.errors import ConfigError
 from headstart.heads.squad import SquadScores
 from headstart.heads.supervised import SupervisedHead
@@ -60,8 +61,10 @@ def best_spans(start_logits: torch.Tensor, end_logits: torch.Tensor, offsets: to
 
 
 class QuestionAnswering(SupervisedHead):
-    def __init__(self, backbone, optimizer, scheduler=None, classifier_dropout: float = 0.1,
-                 max_answer_length: int = 30, n_best: int = 20, **kwargs) -> None:
+    def __init__(self, backbone, optimizer, scheduler=None,
+                 classifier_dropout: float = QuestionAnsweringConfig.classifier_dropout,
+                 max_answer_length: int = QuestionAnsweringConfig.max_answer_length,
+                 n_best: int = QuestionAnsweringConfig.n_best, **kwargs) -> None:
         if max_answer_length < 1:
             raise ConfigError(f"task.max_answer_length={max_answer_length} must be at least 1: the longest answer, "
                               "in tokens, that evaluation may predict.")

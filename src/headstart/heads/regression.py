@@ -18,6 +18,7 @@ from torchmetrics.regression import MeanAbsoluteError, MeanSquaredError, Pearson
 
 from headstart.backbones.pooling import check_pooling, pool
 from headstart.backbones.text import encoder_inputs
+from headstart.config.schema import RegressionConfig
 from headstart.errors import ConfigError
 from headstart.heads.supervised import SupervisedHead
 
@@ -25,10 +26,13 @@ LOSSES = ("mse", "mae", "huber")
 
 
 class Regressor(SupervisedHead):
-    def __init__(self, backbone, optimizer, scheduler=None, num_targets: int = 1, pooling: str = "mean",
-                 classifier_dropout: float = 0.1, loss: str = "mse", huber_delta: float = 1.0,
-                 standardize_targets: bool = True, target_mean: list[float] | None = None,
-                 target_std: list[float] | None = None, **kwargs) -> None:
+    def __init__(self, backbone, optimizer, scheduler=None, num_targets: int = 1,
+                 pooling: str = RegressionConfig.pooling,
+                 classifier_dropout: float = RegressionConfig.classifier_dropout,
+                 loss: str = RegressionConfig.loss, huber_delta: float = RegressionConfig.huber_delta,
+                 standardize_targets: bool = RegressionConfig.standardize_targets,
+                 target_mean: list[float] | None = None, target_std: list[float] | None = None,
+                 **kwargs) -> None:
         check_pooling(pooling)
         if loss not in LOSSES:
             raise ConfigError(f"task.loss={loss!r} is unknown; use one of {', '.join(LOSSES)}.")

@@ -6,12 +6,15 @@ import torch
 
 from headstart.backbones.pooling import check_pooling, pool
 from headstart.backbones.text import encoder_inputs
+from headstart.config.schema import SequenceClassificationConfig
 from headstart.heads.classification import Classifier
 
 
 class SequenceClassifier(Classifier):
-    def __init__(self, backbone, optimizer, num_labels: int, scheduler=None, label_names: list[str] | None = None,
-                 pooling: str = "cls", classifier_dropout: float = 0.1, **kwargs) -> None:
+    def __init__(self, backbone, optimizer, num_labels: int, scheduler=None,
+                 label_names: list[str] | None = None, pooling: str = SequenceClassificationConfig.pooling,
+                 classifier_dropout: float = SequenceClassificationConfig.classifier_dropout,
+                 **kwargs) -> None:
         check_pooling(pooling)
         super().__init__(backbone, optimizer, num_labels, scheduler, label_names=label_names,
                          classifier_dropout=classifier_dropout, **kwargs)

@@ -15,6 +15,7 @@ from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy
 
 from headstart.backbones.text import encoder_inputs
+from headstart.config.schema import TokenClassificationConfig
 from headstart.errors import ConfigError
 from headstart.heads.span_f1 import SpanF1
 from headstart.heads.supervised import SupervisedHead
@@ -24,7 +25,7 @@ IGNORE_INDEX = -100
 
 class TokenClassifier(SupervisedHead):
     def __init__(self, backbone, optimizer, num_labels: int, label_names: list[str], scheduler=None,
-                 classifier_dropout: float = 0.1, **kwargs) -> None:
+                 classifier_dropout: float = TokenClassificationConfig.classifier_dropout, **kwargs) -> None:
         if len(label_names) != num_labels:
             raise ConfigError(f"token classification got {num_labels} labels but {len(label_names)} label names; "
                               "both come from the data module and must agree.")

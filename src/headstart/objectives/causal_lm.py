@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torchmetrics.text import Perplexity
 
+from headstart.config.schema import CausalLMConfig
 from headstart.data.tokenizer import check_vocab
 from headstart.errors import ConfigError
 from headstart.module import HeadstartModule
@@ -28,9 +29,10 @@ class CausalLanguageModeling(HeadstartModule):
     hf_head = "causal_lm"
     exports_backbone = True
 
-    def __init__(self, backbone, optimizer, scheduler=None, sample_prompt_tokens: int = 12,
-                 sample_new_tokens: int = 20, sample_top_k: int | None = None, sample_seed: int = 0,
-                 **kwargs) -> None:
+    def __init__(self, backbone, optimizer, scheduler=None,
+                 sample_prompt_tokens: int = CausalLMConfig.sample_prompt_tokens,
+                 sample_new_tokens: int = CausalLMConfig.sample_new_tokens, sample_top_k: int | None = None,
+                 sample_seed: int = 0, **kwargs) -> None:
         if sample_prompt_tokens < 1:
             raise ConfigError(f"task.sample_prompt_tokens={sample_prompt_tokens} must be at least 1.")
         if sample_new_tokens < 0:

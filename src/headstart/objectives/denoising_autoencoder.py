@@ -11,9 +11,12 @@ The export is the bare backbone; the decoder stays behind.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 import torch.nn.functional as F
 
+from headstart.config.schema import DenoisingAutoencoderConfig
 from headstart.data.augment import gaussian_noise
 from headstart.errors import ConfigError
 from headstart.objectives.image_decoder import ImageDecoder
@@ -36,8 +39,9 @@ def corrupt(images: torch.Tensor, noise: str, level: float) -> torch.Tensor:
 
 
 class DenoisingAutoencoder(ImagePretrainingObjective):
-    def __init__(self, backbone, optimizer, scheduler=None, noise: str = "gaussian", noise_level: float = 0.5,
-                 decoder_widths: list[int] | None = None, **kwargs) -> None:
+    def __init__(self, backbone, optimizer, scheduler=None, noise: str = DenoisingAutoencoderConfig.noise,
+                 noise_level: float = DenoisingAutoencoderConfig.noise_level,
+                 decoder_widths: Sequence[int] = DenoisingAutoencoderConfig.decoder_widths, **kwargs) -> None:
         if noise not in NOISE_TYPES:
             raise ConfigError(f"task.noise={noise!r} is not a noise type; use one of {', '.join(NOISE_TYPES)}.")
         if noise_level < 0 or (noise != "gaussian" and noise_level > 1):
@@ -46,7 +50,7 @@ class DenoisingAutoencoder(ImagePretrainingObjective):
         super().__init__(backbone, optimizer, scheduler, **kwargs)
         self.noise, self.noise_level = noise, noise_level
         self.decoder = ImageDecoder(backbone.hidden_size, backbone.image_size, backbone.num_channels,
-                                    list(decoder_widths or [64, 32]))
+                                    list(decoder_widths))
 
     def objective_step(self, pixel_values: torch.Tensor):
         features = self.encode(corrupt(pixel_values, self.noise, self.noise_level))

@@ -10,13 +10,16 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from headstart.config.schema import ImageContrastiveConfig
 from headstart.data.augment import ImageAugment, TwoViews
 from headstart.errors import ConfigError
 from headstart.objectives.image_pretraining import ImagePretrainingObjective
 
 
 class ImageContrastiveObjective(ImagePretrainingObjective):
-    def __init__(self, backbone, optimizer, scheduler=None, temperature: float = 0.2, projection_dim: int = 64,
+    def __init__(self, backbone, optimizer, scheduler=None,
+                 temperature: float = ImageContrastiveConfig.temperature,
+                 projection_dim: int = ImageContrastiveConfig.projection_dim,
                  projection_hidden_dim: int | None = None, augment: dict | None = None, **kwargs) -> None:
         if temperature <= 0:
             raise ConfigError(f"task.temperature={temperature} must be positive (0.1 to 0.5 is usual).")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import torch
 
+from headstart.config.schema import ImagePretrainingConfig
 from headstart.module import HeadstartModule
 from headstart.objectives.online_evaluation import OnlineEvaluation
 
@@ -16,9 +17,10 @@ class ImagePretrainingObjective(OnlineEvaluation, HeadstartModule):
     hf_head = "base"
     exports_backbone = True
 
-    def __init__(self, backbone, optimizer, scheduler=None, knn_k: int = 20, online_probe: bool = True,
-                 online_probe_lr_scale: float = 10.0, num_labels: int | None = None,
-                 label_names: list[str] | None = None, **kwargs) -> None:
+    def __init__(self, backbone, optimizer, scheduler=None, knn_k: int = ImagePretrainingConfig.knn_k,
+                 online_probe: bool = ImagePretrainingConfig.online_probe,
+                 online_probe_lr_scale: float = ImagePretrainingConfig.online_probe_lr_scale,
+                 num_labels: int | None = None, label_names: list[str] | None = None, **kwargs) -> None:
         # num_labels/label_names come with labelled image data; the objective trains without them.
         super().__init__(backbone, optimizer, scheduler, **kwargs)
         self.image_features = backbone.features

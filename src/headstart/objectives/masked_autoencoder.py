@@ -16,6 +16,7 @@ from contextlib import contextmanager
 
 import torch
 
+from headstart.config.schema import MaskedAutoencoderConfig
 from headstart.errors import ConfigError
 from headstart.objectives.image_pretraining import ImagePretrainingObjective
 
@@ -27,9 +28,14 @@ _VIT_TYPES = ("vit", "vit_mae")
 
 
 class MaskedAutoencoder(ImagePretrainingObjective):
-    def __init__(self, backbone, optimizer, scheduler=None, mask_ratio: float = 0.75, norm_pix_loss: bool = False,
-                 decoder_hidden_size: int = 64, decoder_num_hidden_layers: int = 2,
-                 decoder_num_attention_heads: int = 2, decoder_intermediate_size: int = 128, **kwargs) -> None:
+    def __init__(self, backbone, optimizer, scheduler=None,
+                 mask_ratio: float = MaskedAutoencoderConfig.mask_ratio,
+                 norm_pix_loss: bool = MaskedAutoencoderConfig.norm_pix_loss,
+                 decoder_hidden_size: int = MaskedAutoencoderConfig.decoder_hidden_size,
+                 decoder_num_hidden_layers: int = MaskedAutoencoderConfig.decoder_num_hidden_layers,
+                 decoder_num_attention_heads: int = MaskedAutoencoderConfig.decoder_num_attention_heads,
+                 decoder_intermediate_size: int = MaskedAutoencoderConfig.decoder_intermediate_size,
+                 **kwargs) -> None:
         if not 0.0 < mask_ratio < 1.0:
             raise ConfigError(f"task.mask_ratio={mask_ratio} must lie strictly between 0 and 1 (MAE uses 0.75): the "
                               "share of patches the encoder does not see.")

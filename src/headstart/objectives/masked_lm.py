@@ -9,6 +9,7 @@ from torchmetrics import MetricCollection
 from torchmetrics.classification import BinaryAccuracy, MulticlassAccuracy
 from torchmetrics.text import Perplexity
 
+from headstart.config.schema import MaskedLMConfig
 from headstart.data.tokenizer import check_vocab
 from headstart.errors import ConfigError
 from headstart.module import HeadstartModule
@@ -18,9 +19,11 @@ class MaskedLanguageModeling(HeadstartModule):
     hf_head = "masked_lm"
     exports_backbone = True
 
-    def __init__(self, backbone, optimizer, scheduler=None, mlm_probability: float = 0.15,
-                 mask_replace_prob: float = 0.8, random_replace_prob: float = 0.1,
-                 next_sentence_prediction: bool = False, **kwargs) -> None:
+    def __init__(self, backbone, optimizer, scheduler=None,
+                 mlm_probability: float = MaskedLMConfig.mlm_probability,
+                 mask_replace_prob: float = MaskedLMConfig.mask_replace_prob,
+                 random_replace_prob: float = MaskedLMConfig.random_replace_prob,
+                 next_sentence_prediction: bool = MaskedLMConfig.next_sentence_prediction, **kwargs) -> None:
         # Next-sentence prediction needs the model's pretraining class (BERT: BertForPreTraining, with
         # MLM and NSP heads); chosen here because the base class builds the network from hf_head.
         self.hf_head = "pretraining" if next_sentence_prediction else "masked_lm"

@@ -14,6 +14,7 @@ import copy
 import torch
 import torch.nn.functional as F
 
+from headstart.config.schema import MoCoConfig
 from headstart.errors import ConfigError
 from headstart.objectives.image_contrastive import ImageContrastiveObjective
 from headstart.objectives.losses import gather_with_grad
@@ -32,8 +33,9 @@ def queue_contrastive_loss(queries: torch.Tensor, keys: torch.Tensor, queue: tor
 
 
 class MoCo(ImageContrastiveObjective):
-    def __init__(self, backbone, optimizer, scheduler=None, momentum: float = 0.99, queue_size: int = 4096,
-                 projection_dim: int = 64, **kwargs) -> None:
+    def __init__(self, backbone, optimizer, scheduler=None, momentum: float = MoCoConfig.momentum,
+                 queue_size: int = MoCoConfig.queue_size, projection_dim: int = MoCoConfig.projection_dim,
+                 **kwargs) -> None:
         if not 0.0 <= momentum < 1.0:
             raise ConfigError(f"task.momentum={momentum} must be in [0, 1): the key encoder keeps this share of its "
                               "weights at each step (0.99 to 0.999 is usual).")

@@ -6,14 +6,16 @@ from __future__ import annotations
 
 import torch
 
+from headstart.config.schema import SimCLRConfig
 from headstart.objectives.embedding_metrics import top1_retrieval_accuracy
 from headstart.objectives.image_contrastive import ImageContrastiveObjective
 from headstart.objectives.losses import nt_xent
 
 
 class SimCLR(ImageContrastiveObjective):
-    def __init__(self, backbone, optimizer, scheduler=None, gather_negatives: bool = True, **kwargs) -> None:
-        super().__init__(backbone, optimizer, scheduler, **kwargs)
+    def __init__(self, backbone, optimizer, scheduler=None, temperature: float = SimCLRConfig.temperature,
+                 gather_negatives: bool = SimCLRConfig.gather_negatives, **kwargs) -> None:
+        super().__init__(backbone, optimizer, scheduler, temperature=temperature, **kwargs)
         self.gather_negatives = gather_negatives
 
     def contrastive_step(self, view1: torch.Tensor, view2: torch.Tensor):

@@ -14,6 +14,7 @@ from torch import nn
 
 from headstart.backbones.pooling import check_pooling, pool
 from headstart.backbones.text import encoder_inputs
+from headstart.config.schema import SimCSEConfig
 from headstart.errors import ConfigError
 from headstart.module import HeadstartModule
 from headstart.objectives.embedding_metrics import alignment, top1_retrieval_accuracy, uniformity
@@ -25,10 +26,12 @@ class SimCSE(OnlineEvaluation, HeadstartModule):
     hf_head = "base"  # the export is the bare encoder; the projection is not part of it
     exports_backbone = True
 
-    def __init__(self, backbone, optimizer, scheduler=None, temperature: float = 0.05, pooling: str = "mean",
-                 projection: bool = True, gather_negatives: bool = True, knn_k: int = 20, online_probe: bool = True,
-                 online_probe_lr_scale: float = 10.0, num_labels: int | None = None,
-                 label_names: list[str] | None = None, **kwargs) -> None:
+    def __init__(self, backbone, optimizer, scheduler=None, temperature: float = SimCSEConfig.temperature,
+                 pooling: str = SimCSEConfig.pooling, projection: bool = SimCSEConfig.projection,
+                 gather_negatives: bool = SimCSEConfig.gather_negatives, knn_k: int = SimCSEConfig.knn_k,
+                 online_probe: bool = SimCSEConfig.online_probe,
+                 online_probe_lr_scale: float = SimCSEConfig.online_probe_lr_scale,
+                 num_labels: int | None = None, label_names: list[str] | None = None, **kwargs) -> None:
         check_pooling(pooling)
         if temperature <= 0:
             raise ConfigError(f"task.temperature={temperature} must be positive (SimCSE uses 0.05).")

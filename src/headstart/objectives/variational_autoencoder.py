@@ -13,9 +13,12 @@ The export is the bare backbone (the features beneath the mean and log variance)
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from torch import nn
 
+from headstart.config.schema import VariationalAutoencoderConfig
 from headstart.errors import ConfigError
 from headstart.objectives.image_decoder import ImageDecoder
 from headstart.objectives.image_pretraining import ImagePretrainingObjective
@@ -27,8 +30,11 @@ def gaussian_kl(mean: torch.Tensor, log_var: torch.Tensor) -> torch.Tensor:
 
 
 class VariationalAutoencoder(ImagePretrainingObjective):
-    def __init__(self, backbone, optimizer, scheduler=None, latent_dim: int = 16, kl_weight: float = 1.0,
-                 kl_anneal_steps: int = 0, decoder_widths: list[int] | None = None, **kwargs) -> None:
+    def __init__(self, backbone, optimizer, scheduler=None,
+                 latent_dim: int = VariationalAutoencoderConfig.latent_dim,
+                 kl_weight: float = VariationalAutoencoderConfig.kl_weight,
+                 kl_anneal_steps: int = VariationalAutoencoderConfig.kl_anneal_steps,
+                 decoder_widths: Sequence[int] = VariationalAutoencoderConfig.decoder_widths, **kwargs) -> None:
         if latent_dim < 1:
             raise ConfigError(f"task.latent_dim={latent_dim} must be at least 1.")
         if kl_weight < 0 or kl_anneal_steps < 0:
@@ -37,7 +43,7 @@ class VariationalAutoencoder(ImagePretrainingObjective):
         self.kl_weight, self.kl_anneal_steps = kl_weight, kl_anneal_steps
         self.to_posterior = nn.Linear(backbone.hidden_size, 2 * latent_dim)  # mean and log variance
         self.decoder = ImageDecoder(latent_dim, backbone.image_size, backbone.num_channels,
-                                    list(decoder_widths or [64, 32]))
+                                    list(decoder_widths))
 
     @property
     def beta(self) -> float:

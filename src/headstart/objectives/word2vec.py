@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from headstart.config.schema import Word2VecConfig
 from headstart.errors import ConfigError, DataError
 from headstart.module import HeadstartModule
 
@@ -83,9 +84,10 @@ class Word2Vec(HeadstartModule):
     hf_head = "base"
     exports_backbone = True
 
-    def __init__(self, backbone, optimizer, scheduler=None, mode: str = "skipgram", window: int = 5,
-                 negatives: int = 5, subsample_threshold: float = 1e-3, noise_power: float = 0.75,
-                 **kwargs) -> None:
+    def __init__(self, backbone, optimizer, scheduler=None, mode: str = Word2VecConfig.mode,
+                 window: int = Word2VecConfig.window, negatives: int = Word2VecConfig.negatives,
+                 subsample_threshold: float = Word2VecConfig.subsample_threshold,
+                 noise_power: float = Word2VecConfig.noise_power, **kwargs) -> None:
         if mode not in MODES:
             raise ConfigError(f"task.mode={mode!r} is unknown; use 'skipgram' (predict the context from a word), "
                               "'cbow' (predict a word from its context) or 'document' (predict a word from the "

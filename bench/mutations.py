@@ -1,0 +1,199 @@
+"""Break the code on purpose and check that the fast tests notice.
+
+Each entry of MUTATIONS is one breakage (flip a sign, drop a term, swap an argument, skip a module,
+change a shipped default) as exact text replacements in one file. For each, a scratch copy of the
+repository gets that breakage alone and the fast tests (``pytest -m "not slow" -x``) run against it,
+the tests named in the entry first; the breakage is caught when a test fails. Writes
+bench/results/mutations.json and prints one line per breakage.
+
+    python bench/mutations.py               # every breakage
+    python bench/mutations.py moco_no_ema   # the named ones
+
+Before calling a new objective tested, add its breakages here and see them caught.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+STEP_LOSSES = "tests/test_step_losses.py"
+
+
+@dataclass(frozen=True)
+class Mutation:
+    name: str
+    what: str
+    file: str
+    edits: tuple[tuple[str, str], ...]  # (exact text, replacement); each text must occur exactly once
+    first: tuple[str, ...] = (STEP_LOSSES,)  # tests to run before the rest of the fast suite
+
+
+MUTATIONS = [
+    # -- the breakages of issue 14 -----------------------------------------------------------------------
+    Mutation("moco_no_ema", "MoCo: the momentum (EMA) update never called", "src/headstart/objectives/moco.py",
+             (("            self.momentum_update()  # before the keys, as in MoCo", "            pass"),)),
+    Mutation("moco_enqueue_before_loss", "MoCo: this step's keys enqueued before the loss",
+             "src/headstart/objectives/moco.py",
+             (("        features = self.encode(view1)\n",
+               "        if self.training:\n            self.enqueue(keys)\n        features = self.encode(view1)\n"),
+              ("        if self.training:\n            self.enqueue(keys)\n        return", "        return"))),
+    Mutation("simcse_self_contrast", "SimCSE: a view contrasted with itself", "src/headstart/objectives/simcse.py",
+             (("info_nce(z1, z2, self.temperature", "info_nce(z1, z1, self.temperature"),)),
+    Mutation("simclr_no_projection", "SimCLR: the loss on backbone features (projection skipped)",
+             "src/headstart/objectives/simclr.py",
+             (("z1, z2 = self.projection(features).chunk(2)", "z1, z2 = features.chunk(2)"),)),
+    Mutation("vae_kl_sign", "VAE: the KL term's sign flipped", "src/headstart/objectives/variational_autoencoder.py",
+             (("squared_error.sum(-1).mean() + beta * kl", "squared_error.sum(-1).mean() - beta * kl"),)),
+    Mutation("vae_recon_pixel_mean", "VAE: reconstruction as a per-pixel mean",
+             "src/headstart/objectives/variational_autoencoder.py",
+             (("0.5 * squared_error.sum(-1).mean()", "0.5 * squared_error.mean()"),)),
+    Mutation("vae_std_is_variance", "VAE: exp(log_var) used as the std",
+             "src/headstart/objectives/variational_autoencoder.py",
+             (("torch.randn_like(mean) * (0.5 * log_var).exp()", "torch.randn_like(mean) * log_var.exp()"),)),
+    Mutation("dae_noisy_target", "Denoising AE: the corrupted image as the target",
+             "src/headstart/objectives/denoising_autoencoder.py",
+             (("        features = self.encode(corrupt(pixel_values, self.noise, self.noise_level))\n",
+               "        pixel_values = corrupt(pixel_values, self.noise, self.noise_level)\n"
+               "        features = self.encode(pixel_values)\n"),)),
+    Mutation("mae_norm_pix_inverted", "MAE: norm_pix_loss inverted", "src/headstart/objectives/masked_autoencoder.py",
+             (("norm_pix_loss=hp.norm_pix_loss,", "norm_pix_loss=not hp.norm_pix_loss,"),)),
+    Mutation("mlm_rows_shifted", "MLM: the head applied to the rows shifted by one", "src/headstart/objectives/masked_lm.py",
+             (("net.base_model(**inputs).last_hidden_state[selected]",
+               "net.base_model(**inputs).last_hidden_state.roll(1, dims=1)[selected]"),)),
+    Mutation("mlm_probability_default", "A shipped default changed: MLM's mlm_probability 0.15 -> 0.2",
+             "src/headstart/config/schema.py",
+             (("    mlm_probability: float = 0.15\n", "    mlm_probability: float = 0.2\n"),),
+             first=("tests/test_shipped_defaults.py",)),
+    Mutation("simclr_temperature_default", "A shipped default changed: SimCLR's temperature",
+             "src/headstart/config/schema.py",
+             (("    temperature: float = 0.5\n", "    temperature: float = 0.2\n"),),
+             first=("tests/test_shipped_defaults.py",)),
+    # -- more, to keep the habit -------------------------------------------------------------------------
+    Mutation("nt_xent_self_not_masked", "NT-Xent: a view left among its own candidates",
+             "src/headstart/objectives/losses.py",
+             (("    logits = logits.float().masked_fill(\n        F.one_hot(self_index, num_classes=2 * total).bool(), "
+               "float(\"-inf\"))\n", "    logits = logits.float()\n"),)),
+    Mutation("info_nce_no_normalise", "InfoNCE: dot products instead of cosine similarities",
+             "src/headstart/objectives/losses.py",
+             (("    query, key = F.normalize(query, dim=-1), F.normalize(key, dim=-1)\n", ""),)),
+    Mutation("moco_momentum_swapped", "MoCo: the EMA keeps (1 - momentum) of the key encoder",
+             "src/headstart/objectives/moco.py",
+             (("key_param.lerp_(query_param.detach(), 1.0 - self.momentum)",
+               "key_param.lerp_(query_param.detach(), self.momentum)"),)),
+    Mutation("pool_mean_counts_padding", "Mean pooling averages over the padding too",
+             "src/headstart/backbones/pooling.py",
+             (("mask = attention_mask.unsqueeze(-1).to(hidden.dtype)",
+               "mask = torch.ones_like(attention_mask).unsqueeze(-1).to(hidden.dtype)"),)),
+    Mutation("regression_not_standardised", "Regression: the loss on raw targets while predictions are unscaled",
+             "src/headstart/heads/regression.py",
+             (("        scaled = (targets - self.target_mean) / self.target_std\n", "        scaled = targets\n"),)),
+    Mutation("qa_padding_scored", "QA: padding positions left among the start/end candidates",
+             "src/headstart/heads/question_answering.py",
+             (("        start, end = logits.masked_fill(padding, torch.finfo(logits.dtype).min).unbind(-1)",
+               "        start, end = logits.unbind(-1)"),)),
+    Mutation("qa_end_loss_dropped", "QA: the end-position loss dropped", "src/headstart/heads/question_answering.py",
+             (("F.cross_entropy(start, batch[\"start_positions\"]) + F.cross_entropy(end, batch[\"end_positions\"])) / 2",
+               "F.cross_entropy(start, batch[\"start_positions\"]) + F.cross_entropy(start, batch[\"start_positions\"]))"
+               " / 2"),)),
+    Mutation("vae_kl_term_wrong", "VAE: the KL's -1 term dropped", "src/headstart/objectives/variational_autoencoder.py",
+             (("mean.pow(2) + log_var.exp() - 1.0 - log_var", "mean.pow(2) + log_var.exp() - log_var"),)),
+    Mutation("distillation_no_temperature_scale", "Distillation: the T^2 factor of the soft loss dropped",
+             "src/headstart/objectives/distillation.py",
+             (("log_target=True) * temperature ** 2", "log_target=True)"),), first=("tests/test_w2v_kd_units.py",)),
+    Mutation("word2vec_negatives_attract", "word2vec: negatives pulled closer instead of pushed away",
+             "src/headstart/objectives/word2vec.py",
+             (("(F.logsigmoid(-neg) * mask)", "(F.logsigmoid(neg) * mask)"),), first=("tests/test_w2v_kd_units.py",)),
+]
+
+
+def _copy_repository(target: Path) -> None:
+    ignore = shutil.ignore_patterns(".git", "outputs", "multirun", ".cache", "__pycache__", "*.egg-info", "results",
+                                    ".ruff_cache", ".pytest_cache", "wandb")
+    shutil.copytree(ROOT, target, ignore=ignore)
+
+
+def _apply(source: str, mutation: Mutation) -> str:
+    for old, new in mutation.edits:
+        count = source.count(old)
+        if count != 1:
+            raise SystemExit(f"mutation {mutation.name}: the text to replace occurs {count} times in {mutation.file} "
+                             f"(must be once; update the entry to the code): {old!r}")
+        source = source.replace(old, new)
+    return source
+
+
+def _pytest(scratch: Path, tests: list[str], timeout: int) -> tuple[int, str]:
+    env = {**os.environ, "PYTHONPATH": str(scratch / "src"), "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
+           "WANDB_MODE": "offline"}
+    command = [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", "-m", "not slow", *tests]
+    try:
+        done = subprocess.run(command, cwd=scratch, env=env, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return -1, "timed out"
+    return done.returncode, done.stdout + done.stderr
+
+
+def _first_failure(output: str) -> str | None:
+    for line in output.splitlines():
+        if line.startswith("FAILED ") or line.startswith("ERROR "):
+            return line.split(" ", 1)[1].split(" - ")[0]
+    return None
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("names", nargs="*", help="the mutations to run (default: all)")
+    parser.add_argument("--timeout", type=int, default=1800, help="seconds per mutation")
+    args = parser.parse_args()
+    unknown = set(args.names) - {m.name for m in MUTATIONS}
+    if unknown:
+        raise SystemExit(f"unknown mutations: {', '.join(sorted(unknown))}; known: "
+                         f"{', '.join(m.name for m in MUTATIONS)}")
+    chosen = [m for m in MUTATIONS if not args.names or m.name in args.names]
+
+    with tempfile.TemporaryDirectory(prefix="headstart-mutants-") as tmp:
+        scratch = Path(tmp) / "repo"
+        _copy_repository(scratch)
+        firsts = sorted({t for m in chosen for t in m.first})
+        code, output = _pytest(scratch, firsts, args.timeout)
+        if code != 0:  # the breakages are judged against tests that pass on the code as it is
+            raise SystemExit(f"the tests {firsts} fail before any mutation:\n{output[-3000:]}")
+        rows = []
+        for mutation in chosen:
+            path = scratch / mutation.file
+            original = path.read_text()
+            path.write_text(_apply(original, mutation))
+            start = time.perf_counter()
+            try:
+                code, output = _pytest(scratch, [*mutation.first, "tests"], args.timeout)
+            finally:
+                path.write_text(original)
+            caught = code not in (0, 5)  # 5: no test collected
+            row = {"name": mutation.name, "what": mutation.what, "file": mutation.file, "caught": caught,
+                   "failed_test": _first_failure(output) if caught else None,
+                   "seconds": round(time.perf_counter() - start, 1)}
+            rows.append(row)
+            print(f"{'caught ' if caught else 'MISSED '} {mutation.name:36s} {row['failed_test'] or ''}", flush=True)
+
+    caught = sum(r["caught"] for r in rows)
+    print(f"\n{caught} of {len(rows)} breakages caught by the fast tests")
+    results = ROOT / "bench" / "results"
+    results.mkdir(parents=True, exist_ok=True)
+    if not args.names:
+        (results / "mutations.json").write_text(json.dumps(
+            {"caught": caught, "total": len(rows), "mutations": rows}, indent=2) + "\n")
+    sys.exit(0 if caught == len(rows) else 1)
+
+
+if __name__ == "__main__":
+    main()
