@@ -179,7 +179,7 @@ def test_moco_training_step_trains_the_query_encoder_only(moco):
     assert all(p.grad is not None for p in moco.net.parameters())
     assert all(p.grad is None for p in moco.key_encoder.parameters())
     assert int(moco.queue_ptr) == 4 and torch.equal(moco.queue[4], queue[4])  # the step's 4 keys went in
-    assert 0.0 <= float(values["acc"]) <= 1.0
+    # (The loss and acc values themselves: tests/test_step_losses.py, against the formula by hand.)
     assert features.shape == (4, 8)  # the backbone features of the first views, for the online probe
 
 

@@ -95,8 +95,8 @@ def test_masked_autoencoder_export_is_a_plain_vit_with_every_encoder_weight(tmp_
     assert all(
         t.abs().sum(-1).gt(0).all() for t in (mae.net.vit.embeddings.position_embeddings[:, 1:],
                                               mae.net.decoder.decoder_pos_embed[:, 1:]))
-    loss, _, features = mae.objective_step(torch.randn(3, 1, 8, 8))
-    assert loss.ndim == 0 and features.shape == (3, 16)
+    # (Its loss, against the formula by hand: tests/test_step_losses.py.)
+    assert mae.objective_step(torch.randn(3, 1, 8, 8))[2].shape == (3, 16)
     mae.export(str(tmp_path / "export"), None, {})
     vit = AutoModel.from_pretrained(tmp_path / "export")
     assert isinstance(vit, ViTModel)

@@ -226,4 +226,7 @@ def test_alignment_uniformity_and_retrieval():
     assert uniformity(z).item() < -1.0  # spread over the sphere
     assert top1_retrieval_accuracy(z, z).item() == 1.0
     assert top1_retrieval_accuracy(z, z.roll(1, dims=0)).item() == 0.0
-    assert math.isfinite(uniformity(torch.randn(3, 4)).item())
+    # Three points by hand: log of the mean of exp(-2 d^2) over the three pairs.
+    points = torch.tensor([[1.0, 0.0], [0.0, 1.0], [-1.0, 0.0]])  # squared distances 2, 4, 2
+    expected = math.log((math.exp(-4.0) + math.exp(-8.0) + math.exp(-4.0)) / 3)
+    assert uniformity(points).item() == pytest.approx(expected, rel=1e-5)

@@ -4,10 +4,12 @@ loaded from an HF model directory.
 The small CNN is a ``PreTrainedModel`` registered with ``AutoConfig``/``AutoModel`` under the model type
 ``headstart_cnn`` when this module is imported, so its exports save and load like any transformers
 model (``import headstart.backbones.vision`` first, then ``AutoModel.from_pretrained(export_dir)``).
+Its stages are ``encoder.stages.<i>``; weights saved in its older flat layout (``encoder.<k>``) still load.
 """
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import torch
@@ -31,8 +33,8 @@ class HeadstartCNNConfig(PretrainedConfig):
 
     model_type = "headstart_cnn"
 
-    def __init__(self, num_channels: int = 3, hidden_sizes: list[int] | None = None, layers_per_stage: int = 1,
-                 hidden_act: str = "relu", **kwargs) -> None:
+    def __init__(self, num_channels: int = 3, hidden_sizes: list[int] | None = None,
+                 layers_per_stage: int = 1, hidden_act: str = "relu", **kwargs) -> None:
         self.num_channels = num_channels
         self.hidden_sizes = list(hidden_sizes or [32, 64, 128])
         self.layers_per_stage = layers_per_stage
@@ -44,6 +46,40 @@ class HeadstartCNNConfig(PretrainedConfig):
         return self.hidden_sizes[-1]
 
 
+def _legacy_key_renames(config: HeadstartCNNConfig) -> dict[str, str]:
+    """Key prefixes of the old flat layout (``encoder.<k>.``: one index per conv, norm, activation and
+    pooling module) -> the per-stage layout (``encoder.stages.<stage>.<index in stage>.``)."""
+    per_stage = 3 * config.layers_per_stage + 1  # conv, norm, activation per layer; then the pooling
+    return {f"encoder.{k}.": f"encoder.stages.{k // per_stage}.{k % per_stage}."
+            for k in range(per_stage * len(config.hidden_sizes))}
+
+
+class HeadstartCNNEncoder(nn.Module):
+    """The stages, one ``nn.Sequential`` each: a stage is the "layer" that transfer modes freeze and
+    give a decayed learning rate (``encoder.stages.<i>``, as in transformers' ResNet)."""
+
+    def __init__(self, config: HeadstartCNNConfig) -> None:
+        from transformers.activations import ACT2FN
+
+        super().__init__()
+        stages, channels = [], config.num_channels
+        for width in config.hidden_sizes:
+            layers: list[nn.Module] = []
+            for _ in range(config.layers_per_stage):
+                layers += [nn.Conv2d(channels, width, 3, padding=1, bias=False), nn.BatchNorm2d(width),
+                           ACT2FN[config.hidden_act]]
+                channels = width
+            # ceil_mode: a map already down to 1x1 stays 1x1, so small images take any number of stages.
+            layers.append(nn.MaxPool2d(2, ceil_mode=True))
+            stages.append(nn.Sequential(*layers))
+        self.stages = nn.ModuleList(stages)
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        for stage in self.stages:
+            pixel_values = stage(pixel_values)
+        return pixel_values
+
+
 class HeadstartCNNModel(PreTrainedModel):
     config_class = HeadstartCNNConfig
     base_model_prefix = "cnn"
@@ -51,21 +87,44 @@ class HeadstartCNNModel(PreTrainedModel):
     input_modalities = ("image",)
 
     def __init__(self, config: HeadstartCNNConfig) -> None:
-        from transformers.activations import ACT2FN
-
         super().__init__(config)
-        layers: list[nn.Module] = []
-        channels = config.num_channels
-        for width in config.hidden_sizes:
-            for _ in range(config.layers_per_stage):
-                layers += [nn.Conv2d(channels, width, 3, padding=1, bias=False), nn.BatchNorm2d(width),
-                           ACT2FN[config.hidden_act]]
-                channels = width
-            # ceil_mode: a map already down to 1x1 stays 1x1, so small images take any number of stages.
-            layers.append(nn.MaxPool2d(2, ceil_mode=True))
-        self.encoder = nn.Sequential(*layers)
+        self.encoder = HeadstartCNNEncoder(config)
         self.pooler = nn.AdaptiveAvgPool2d(1)
+        # Lightning checkpoints written before the per-stage layout load too (renamed on the way in).
+        self.register_load_state_dict_pre_hook(self._rename_legacy_keys)
         self.post_init()
+
+    def upgrade_state_dict(self, state_dict: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+        """``state_dict`` with the keys of the old flat layout renamed to the per-stage one (others
+        unchanged). The hand-off calls it on an export's weights."""
+        renames = _legacy_key_renames(self.config)
+        old = re.compile(rf"^{re.escape(prefix)}(encoder\.\d+\.)")  # a new key has "encoder.stages."
+        return {old.sub(lambda m: prefix + renames.get(m.group(1), m.group(1)), key): value
+                for key, value in state_dict.items()}
+
+    @staticmethod
+    def _rename_legacy_keys(module, state_dict, prefix, *args) -> None:
+        renamed = module.upgrade_state_dict(state_dict, prefix)
+        if renamed.keys() != state_dict.keys():
+            state_dict.clear()
+            state_dict.update(renamed)
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
+        """transformers' ``from_pretrained``, which also loads an export of the old flat layout (its keys
+        renamed as they are read); saving it again writes the per-stage layout."""
+        config = kwargs.get("config")
+        if not isinstance(config, HeadstartCNNConfig):
+            config = HeadstartCNNConfig.from_pretrained(pretrained_model_name_or_path)
+        renames = {"^" + re.escape(old): new for old, new in _legacy_key_renames(config).items()}
+        ours = "key_mapping" not in kwargs
+        kwargs.setdefault("key_mapping", renames)
+        loaded = super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+        model = loaded[0] if isinstance(loaded, tuple) else loaded  # output_loading_info=True: (model, info)
+        if ours:  # transformers would otherwise save it back in the layout it was read in
+            model._weight_conversions = [c for c in getattr(model, "_weight_conversions", None) or []
+                                         if not renames.keys() & set(getattr(c, "_original_source_patterns", ()))]
+        return loaded
 
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:

@@ -105,6 +105,8 @@ def apply_handoff(module, init_from: str, scope: str = "backbone", allow_incompl
     else:
         prefix = getattr(backbone, "base_model_prefix", "")
         source = {_strip_prefix(k, prefix): v for k, v in read_weights(export_dir).items()}
+        if hasattr(backbone, "upgrade_state_dict"):  # an export of an older key layout (headstart_cnn)
+            source = backbone.upgrade_state_dict(source)
         target = backbone.state_dict()
 
     missing = [k for k in target if k not in source]
