@@ -127,7 +127,11 @@ def test_simcse_loss_falls_and_views_find_each_other(simcse_run):
     assert val_loss[-1] < first_step - 1.5, (first_step, val_loss)
     assert val_acc[-1] > 0.9, val_acc  # chance is 1/32
     alignment, uniformity = logged(simcse_run, "val/alignment"), logged(simcse_run, "val/uniformity")
-    assert all(0.0 <= a <= 4.0 for a in alignment) and all(u < 0.0 for u in uniformity), (alignment, uniformity)
+    # Spread out (a collapsed encoder has uniformity 0), and each text's two dropout views far closer than
+    # two different texts: by Jensen, their mean squared distance is at least -uniformity / 2 (measured:
+    # alignment 0.10 against 0.77).
+    assert uniformity[-1] < -1.0, uniformity
+    assert alignment[-1] < -uniformity[-1] / 4, (alignment, uniformity)
 
 
 def test_simcse_export_is_the_bare_encoder_and_hands_off(simcse_run):
