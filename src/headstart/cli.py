@@ -101,20 +101,20 @@ def run(cfg: DictConfig) -> float | None:
         if cfg.get("pipeline"):
             from headstart.pipeline.runner import run_pipeline
 
-            results = run_pipeline(cfg)
+            metrics = run_pipeline(cfg)["metrics"]
         else:
             from headstart.pipeline.stage import run_stage
 
-            results = run_stage(cfg)
+            metrics = run_stage(cfg).metrics
         metric = cfg.get("optimized_metric")
         if metric is None:
             return None
-        if metric not in results["metrics"]:
+        if metric not in metrics:
             raise ConfigError(
-                f"optimized_metric={metric!r} was not logged; the run logged {sorted(results['metrics'])}. "
+                f"optimized_metric={metric!r} was not logged; the run logged {sorted(metrics)}. "
                 "Set optimized_metric to one of those."
             )
-        return results["metrics"][metric]
+        return metrics[metric]
 
 
 def wants_help(argv: list[str]) -> bool:

@@ -37,6 +37,13 @@ class HeadstartModule(pl.LightningModule):
         self.scheduler_factory = scheduler
         self.net = self.build_network(backbone)
 
+    @classmethod
+    def processor_source(cls, task_cfg) -> str | None:
+        """Where the data's processor (tokenizer) comes from when neither ``data.tokenizer`` nor the
+        model names one; None: trained on the data. Read before the module is built, from the task's
+        config (distillation: its teacher's export)."""
+        return None
+
     # -- model FLOPs, for the throughput monitor's FLOPs/s and MFU --------------------------------
     @property
     def flops_per_batch(self) -> float | None:

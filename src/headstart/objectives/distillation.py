@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from headstart.backbones.text import encoder_inputs
+from headstart.config.schema import DistillationConfig
 from headstart.errors import CheckpointError, ConfigError
 from headstart.objectives.masked_lm import MaskedLanguageModeling, masked_position_logits
 
@@ -57,9 +58,11 @@ def load_teacher(path: str):
 class MaskedLMDistillation(MaskedLanguageModeling):
     """Masking collator, student network, masked accuracy and perplexity as in MLM; the loss distils."""
 
-    def __init__(self, backbone, optimizer, teacher: str, scheduler=None, temperature: float = 2.0,
-                 alpha: float = 0.5, mlm_probability: float = 0.15, mask_replace_prob: float = 0.8,
-                 random_replace_prob: float = 0.1, **kwargs) -> None:
+    def __init__(self, backbone, optimizer, teacher: str, scheduler=None,
+                 temperature: float = DistillationConfig.temperature, alpha: float = DistillationConfig.alpha,
+                 mlm_probability: float = DistillationConfig.mlm_probability,
+                 mask_replace_prob: float = DistillationConfig.mask_replace_prob,
+                 random_replace_prob: float = DistillationConfig.random_replace_prob, **kwargs) -> None:
         if temperature <= 0:
             raise ConfigError(f"task.temperature={temperature} must be positive (1 leaves the teacher's "
                               "distribution as it is, higher softens it).")
@@ -82,6 +85,16 @@ class MaskedLMDistillation(MaskedLanguageModeling):
         # Set around nn.Module's registration: a plain attribute is left out of state_dict (checkpoints),
         # parameters() (the optimizer), and the train()/eval() switches (it stays in eval mode).
         object.__setattr__(self, "teacher", net)
+
+    @classmethod
+    def processor_source(cls, task_cfg) -> str | None:
+        """Where the data's processor (tokenizer) comes from when neither data.tokenizer nor the model
+        gives one: the teacher's export, since its logits index its vocabulary (the stage's hook, read
+        before the module is built)."""
+        from headstart.transfer.handoff import resolve_export_dir
+
+        teacher = task_cfg.get("teacher")
+        return str(resolve_export_dir(teacher, "task.teacher")) if teacher else None
 
     def build_collator(self, tokenizer):
         positions = getattr(self.teacher.config, "max_position_embeddings", None)

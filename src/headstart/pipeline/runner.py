@@ -14,7 +14,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from headstart.config.checks import check_values
 from headstart.errors import ConfigError
-from headstart.pipeline.stage import run_stage
+from headstart.pipeline.stage import StageResult, run_stage
 
 log = logging.getLogger(__name__)
 
@@ -209,7 +209,7 @@ def run_pipeline(cfg: DictConfig) -> dict[str, Any]:
             f"run_group={quote(group)}", f"run_name={quote(group + '-' + name.replace('/', '-'))}",
         ])
 
-    def run(name: str, overrides: list[str], last: list[str] = ()) -> dict[str, Any]:
+    def run(name: str, overrides: list[str], last: list[str] = ()) -> StageResult:
         stage_cfg = stage_config(name, overrides, last)
         log.info("Pipeline stage %s: %s", name, " ".join([*overrides, *last]))
         return run_stage(stage_cfg)
@@ -227,7 +227,7 @@ def run_pipeline(cfg: DictConfig) -> dict[str, Any]:
         log.info("Pipeline stage pretrain: reusing %s (pipeline.pretrain.from)", reused["export_dir"])
         results = {"pretrain": reused}
     else:
-        results = {"pretrain": run("pretrain", [f"experiment={pipe.pretrain.experiment}", *pretrain_overrides])}
+        results = {"pretrain": run("pretrain", [f"experiment={pipe.pretrain.experiment}", *pretrain_overrides]).record}
     if amounts:
         return _label_efficiency(cfg, run, models, grids, amounts, results, out, group)
     for name, overrides in models.items():
@@ -332,29 +332,29 @@ def select_on_validation(run, name: str, overrides: list[str], last: list[str],
                          grid: list[dict[str, Any]]) -> dict[str, Any]:
     """One run of ``name``, or one per setting of ``grid`` (``name/<setting>``, e.g. ``name/lr0.01``)
     and the one whose best checkpoint scored best on validation (its task's monitor; ties to the
-    first): the test split never chooses. The result carries ``selected`` (the chosen settings) and
-    every candidate's validation score."""
+    first): the test split never chooses. Returns the chosen run's results.json record, with
+    ``selected`` (the chosen settings) and every candidate's validation score."""
     if not grid:
-        return run(name, overrides, last)
+        return run(name, overrides, last).record
     candidates = {}
     for settings in grid:
         candidates[candidate_name(settings)] = settings, run(
             f"{name}/{candidate_name(settings)}", overrides, [*last, *(f"{k}={quote(v)}" for k, v in settings.items())])
     scores = {key: _validation_score(result) for key, (_, result) in candidates.items()}
-    maximize = next(iter(candidates.values()))[1].get("monitor", {}).get("mode", "min") == "max"
+    maximize = next(iter(candidates.values()))[1].monitor_mode == "max"
     best = (max if maximize else min)(scores, key=lambda key: scores[key])  # the first of equal scores
     log.info("%s: %s chosen on validation (%s)", name, best, ", ".join(f"{k}: {v:.4f}" for k, v in scores.items()))
     settings, result = candidates[best]
-    return {**result, "selected": settings, "validation_by_candidate": scores}
+    return {**result.record, "selected": settings, "validation_by_candidate": scores}
 
 
-def _validation_score(result: dict[str, Any]) -> float:
-    monitor = result.get("monitor", {}).get("metric")
-    if monitor not in result["metrics"]:
+def _validation_score(result: StageResult) -> float:
+    monitor = result.monitor
+    if monitor not in result.metrics:
         raise ConfigError(f"pipeline.learning_rates (and search) choose by the task's monitor on validation, but the run "
-                          f"{result['output_dir']} logged no {monitor!r} (it logged {sorted(result['metrics'])}). "
+                          f"{result.output_dir} logged no {monitor!r} (it logged {sorted(result.metrics)}). "
                           "Give the data a validation split, or set pipeline.learning_rates=null.")
-    return result["metrics"][monitor]
+    return result.metrics[monitor]
 
 
 def compare(results: dict[str, dict[str, Any]], metric: str) -> dict[str, dict[str, Any]]:

@@ -1,4 +1,5 @@
-"""W&B logging that never hangs: online only with an API key and a reachable server."""
+"""W&B logging that never hangs (online only with an API key and a reachable server), and the W&B
+run's lifecycle: continued on resume, closed at the end of each stage."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import logging
 import netrc
 import os
 import socket
+import sys
 from typing import Any
 from urllib.parse import urlparse
 
@@ -74,3 +76,15 @@ def attached_run_id(loggers) -> str | None:
             return logger.version
     return None
 
+
+def resume_settings(checkpoint: dict[str, Any] | None) -> dict[str, Any]:
+    """The ``wandb.init`` arguments that continue the W&B run a checkpoint (read as data) recorded;
+    none for a fresh run or a checkpoint without one."""
+    run_id = checkpoint.get("wandb_run_id") if checkpoint else None
+    return {"id": run_id, "resume": "allow"} if run_id else {}
+
+
+def finish_wandb() -> None:
+    """Close the W&B run, if one is open, so the next stage or multirun job starts its own."""
+    if "wandb" in sys.modules and sys.modules["wandb"].run is not None:
+        sys.modules["wandb"].finish()
