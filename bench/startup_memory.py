@@ -65,7 +65,7 @@ def default_run(root: Path, shared: Path, stop_at_first_step: bool) -> dict:
     if not stop_at_first_step:
         if proc.returncode != 0:
             raise RuntimeError(f"{' '.join(cmd)} failed")
-        stages = [json.loads(p.read_text()) for p in root.glob("outputs/*/*/*/results.json")]
+        stages = [json.loads(p.read_text()) for p in root.glob("outputs/2*/*/*/results.json")]
         result["peak_rss_mb"] = max(s["peak_rss_mb"] for s in stages)
     return result
 

@@ -31,7 +31,7 @@ def test_label_subsets_are_stratified_seeded_and_keep_every_class():
 
 def test_summary_and_plot_show_both_curves_with_labels_and_legend(tmp_path, monkeypatch):
     runs = [{"labels": labels, "train_examples": n, "seed": s, "model": m, "metric": "test/acc", "value": v,
-             "output_dir": "x"}
+             "test_examples": 270, "baseline": 0.1, "output_dir": "x"}
             for labels, n, m, values in (("all", 1200, "finetune", (0.95, 0.97)), ("all", 1200, "scratch", (0.96, 0.96)),
                                          ("5%", 60, "finetune", (0.7, 0.8)), ("5%", 60, "scratch", (0.3, 0.5)))
             for s, v in enumerate(values)]
@@ -47,15 +47,33 @@ def test_summary_and_plot_show_both_curves_with_labels_and_legend(tmp_path, monk
 
     figures = []
     monkeypatch.setattr(plt, "close", figures.append)  # keep the figure to look at it
-    label_efficiency.plot(summary, "test/acc", tmp_path / "plot.png")
+    context = {"metric": "test/acc", "metric_words": "test accuracy", "data": "digits",
+               "model": "ViT (hidden 64, 2 layers)", "objective": "SimCLR", "baseline": {"kind": "majority class"}}
+    written = label_efficiency.plot(summary, "test/acc", tmp_path / "plot.png", context)
+    assert written == [tmp_path / "plot.png", tmp_path / "plot.pdf"]
     assert (tmp_path / "plot.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    pdf = (tmp_path / "plot.pdf").read_bytes()
+    assert pdf[:5] == b"%PDF-" and b"/FontFile2" in pdf  # TrueType fonts embedded (no Type 3)
     [ax] = figures[0].axes
-    assert ax.get_ylabel() == "test/acc" and "labelled" in ax.get_xlabel()
+    # The title names the data, the model and the pretraining objective, and what the bars and dots are.
+    title = ax.get_title()
+    assert "digits" in title and "ViT (hidden 64, 2 layers)" in title and "SimCLR" in title
+    assert "mean ± std over 2 seeds" in title and "single seeds" in title
+    assert ax.get_ylabel() == "test accuracy" and "labelled" in ax.get_xlabel()
+    # Each tick is the absolute number of labelled examples beside the share asked for.
     assert [t.get_text() for t in ax.get_xticklabels()] == ["60 (5%)", "1200 (all)"]
-    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["pretrained + fine-tuned", "from scratch"]
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == [
+        "pretrained + fine-tuned", "from scratch", "majority class (0.100)"]
     curves = [line for line in ax.get_lines() if line.get_marker() == "o"]  # not the error bars' caps
-    assert [list(line.get_xdata()) for line in curves] == [[60, 1200], [60, 1200]]
+    # Side by side at each number of labels (5% apart on the log axis), so no bar hides the other.
+    assert [list(line.get_xdata()) for line in curves] == [[pytest.approx(60 * 0.95), pytest.approx(1200 * 0.95)],
+                                                           [pytest.approx(60 * 1.05), pytest.approx(1200 * 1.05)]]
     assert [list(line.get_ydata()) for line in curves] == [[0.75, 0.96], [pytest.approx(0.4), 0.96]]
+    [chance] = [line for line in ax.get_lines() if line.get_linestyle() == "--"]
+    assert list(chance.get_ydata()) == [0.1, 0.1]
+    # Every seed's value as a dot, per model.
+    dots = [c.get_offsets()[:, 1].tolist() for c in ax.collections if c.get_offsets().shape == (4, 2)]
+    assert dots == [[0.7, 0.8, 0.95, 0.97], [0.3, 0.5, 0.96, 0.96]]
 
 
 @pytest.mark.slow
@@ -69,7 +87,7 @@ def test_label_efficiency_pipeline_runs_every_fraction_and_seed(tmp_path):
         "pipeline.label_fractions=[0.05,1.0]", "pipeline.seeds=[0,1]",
     ], tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    [out] = tmp_path.glob("outputs/*/*/pipeline.json")
+    [out] = tmp_path.glob("outputs/2*/*/pipeline.json")
     out = out.parent
     with open(out / "label_efficiency.csv") as f:
         rows = list(csv.DictReader(f))
@@ -89,9 +107,27 @@ def test_label_efficiency_pipeline_runs_every_fraction_and_seed(tmp_path):
     assert torch.bincount(subset.datasets["train"].labels).tolist() == [6] * 10
     assert "Images: {'train': 60, 'validation': 270" in (out / "train.log").read_text()
     assert (out / "label_efficiency.png").stat().st_size > 10_000
-    summary = json.loads((out / "pipeline.json").read_text())["label_efficiency"]
+    assert (out / "label_efficiency.pdf").read_bytes()[:5] == b"%PDF-"
+    record = json.loads((out / "pipeline.json").read_text())
+    summary = record["label_efficiency"]
     assert [r["label_fraction"] for r in summary] == [0.05, 1.0] and all(r["finetune_n"] == 2 for r in summary)
-    assert "What pretraining bought, by number of labels" in proc.stdout and "60 (5%)" in proc.stdout
+    assert all(len(r["finetune_values"]) == len(r["scratch_values"]) == 2 and r["test_examples"] == 270 for r in summary)
+    # What the table and figure say beside the numbers, from the stages' records.
+    report = record["report"]
+    assert (report["metric_words"], report["data"], report["model"], report["objective"]) == (
+        "test accuracy", "digits", "CNN (widths 16-32-64)", "SimCLR")
+    assert report["test_examples"] == 270 and report["checkpoint"] == "best" and report["n"] == 2
+    assert report["baseline"]["kind"] == "majority class" and 0.09 < report["baseline"]["value"] < 0.12
+    assert report["figures"] == ["label_efficiency.png", "label_efficiency.pdf"]
+    # The table is the last thing printed, after every library's output, and written as printed.
+    table = (out / "results_table.txt").read_text()
+    assert proc.stdout.rstrip().endswith(table.rstrip())
+    assert "What pretraining bought, by number of labels: test accuracy" in table and "60 (5%)" in table
+    assert "majority class" in table and "over n = 2 seeds (0, 1)" in table and "on the 270 test examples" in table
+    for row in summary:  # every seed's value under its mean
+        assert " ".join(f"{v:.4f}" for v in row["finetune_values"]) in table
+    assert "fontTools" not in proc.stdout + proc.stderr
+    assert (tmp_path / "outputs" / "latest").resolve() == out.resolve()
     # A W&B run of its own for the report, besides the pretrain run and the 8 downstream runs.
     [report_run] = out.glob("wandb/offline-run-*")
     media = report_run / "files" / "media"

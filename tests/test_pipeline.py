@@ -96,6 +96,18 @@ def test_finetune_beats_majority_and_table_printed(pipeline_run, corpus_dir):
     assert set(summary) == {"finetune", "scratch"}
     assert "What pretraining bought" in proc.stdout and "from scratch" in proc.stdout
     assert str(run_dir) in proc.stdout.replace("\n", "")
+    # The table, printed last and written as printed, says what the number is, on how many test
+    # examples, and what predicting the training split's majority class scores there (by hand here).
+    table = (run_dir / "results_table.txt").read_text()
+    assert proc.stdout.rstrip().endswith(table.rstrip())
+    train = Counter(json.loads(line)["label"] for line in (corpus_dir / "cls_train.jsonl").read_text().splitlines())
+    majority_train = labels.count(train.most_common(1)[0][0]) / len(labels)
+    report = json.loads((run_dir / "pipeline.json").read_text())["report"]
+    assert report["metric_words"] == "test accuracy" and report["test_examples"] == len(labels) == 90
+    assert report["baseline"]["kind"] == "majority class"
+    assert report["baseline"]["value"] == pytest.approx(majority_train)
+    assert f"{majority_train:.4f}" in table and "on the 90 test examples" in table and "test accuracy" in table
+    assert "pretrained with masked LM" in table and "One run of each model" in table
 
 
 def test_stage_configs_saved_and_grouped(pipeline_run):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import socket
 import time
 
@@ -109,6 +110,7 @@ def test_netrc_for_another_host_is_no_key(clean_env, monkeypatch):
 def test_checkpoint_records_the_wandb_run_and_resume_continues_it(tmp_path):
     import torch
     from conftest import run_train
+    from wandb_records import summary
 
     common = ["experiment=vision_dae", "logger=default", "model.arch.hidden_sizes=[8,16]"]
     proc = run_train([*common, "trainer.max_epochs=1"], tmp_path / "first")
@@ -121,4 +123,7 @@ def test_checkpoint_records_the_wandb_run_and_resume_continues_it(tmp_path):
     proc = run_train([*common, "trainer.max_epochs=2", f"ckpt_path={last}"], tmp_path / "resumed")
     assert proc.returncode == 0, proc.stderr[-3000:]
     [resumed_run] = (tmp_path / "resumed").glob("outputs/*/*/wandb/offline-run-*")
-    assert resumed_run.name.rsplit("-", 1)[-1] == run_id  # the same W&B run, continued
+    # Offline, W&B cannot continue a run (a second directory with the same id, and `wandb sync` keeps one
+    # of the two): the resumed run is a new W&B run whose config names the one it continues.
+    assert resumed_run.name.rsplit("-", 1)[-1] != run_id
+    assert json.loads(summary(resumed_run)["config"]["headstart/resumed_from"]) == run_id

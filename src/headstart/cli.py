@@ -86,9 +86,27 @@ def _name_sweep_job(cfg: DictConfig) -> bool:
     if cfg.run_group is None:
         cfg.run_group = sweep
     if cfg.run_name is None:
-        cfg.run_name = f"{sweep}-{hydra_cfg.job.num}" + (f"-{hydra_cfg.job.override_dirname}"
-                                                          if hydra_cfg.job.override_dirname else "")
+        cfg.run_name = f"{sweep}-{hydra_cfg.job.num}" + _short_overrides(hydra_cfg.overrides.task)
     return True
+
+
+def _short_overrides(overrides: list[str], limit: int = 60) -> str:
+    """The swept settings that tell a multirun's jobs apart, short: values that are paths (files,
+    directories) left out, the rest cut at ``limit`` characters."""
+    kept = [o for o in overrides
+            if "=" in o and "/" not in o.split("=", 1)[1] and not o.startswith(("paths.", "hydra."))]
+    text = ",".join(kept)
+    return f"-{text[:limit]}" if text else ""
+
+
+def _print_wandb_sync(output_dir: Path) -> None:
+    """The one command that uploads every offline W&B run this run made (and declares their lineage)."""
+    from headstart.pipeline.rundir import is_secondary_rank
+    from headstart.tracking.artifacts import sync_command
+
+    command = None if is_secondary_rank() else sync_command(output_dir)
+    if command:
+        print(f"W&B runs logged offline; upload them (and their artifacts' lineage) with:\n  {command}", flush=True)
 
 
 def run(cfg: DictConfig) -> float | None:
@@ -106,6 +124,7 @@ def run(cfg: DictConfig) -> float | None:
             from headstart.pipeline.stage import run_stage
 
             metrics = run_stage(cfg).metrics
+        _print_wandb_sync(Path(cfg.paths.output_dir))
         metric = cfg.get("optimized_metric")
         if metric is None:
             return None

@@ -20,6 +20,9 @@ class HeadstartModule(pl.LightningModule):
     hf_head = "base"
     #: Pretraining objectives export their backbone at the end of training for the next stage.
     exports_backbone = False
+    #: Downstream heads export the whole model (backbone and head) for their task's auto class, from the
+    #: checkpoint best on validation.
+    exports_head = False
     #: False for modules that only run inference (feature export): the stage calls their ``extract``.
     trains = True
     #: Set by headstart.transfer.modes.apply_transfer: submodules kept in eval mode (a linear
@@ -146,10 +149,12 @@ class HeadstartModule(pl.LightningModule):
     # -- export -------------------------------------------------------------------------------
     def export(self, directory: str, processor, metadata: dict[str, Any]) -> None:
         """Write the network as an HF model directory (loads with ``AutoModel.from_pretrained``),
-        with the processor (tokenizer) that prepares its inputs."""
+        with the processor (tokenizer) that prepares its inputs and a model card; downstream heads
+        write the whole model instead (``SupervisedHead.export``)."""
         from headstart.transfer.export import write_export
 
-        write_export(self.exported_network(), processor, directory, {"objective": type(self).__name__, **metadata})
+        write_export(self.exported_network(), processor, directory,
+                     {"objective": type(self).__name__, "export_kind": "backbone", **metadata})
 
     def exported_network(self) -> torch.nn.Module:
         """What the export holds; the trained network itself unless the objective converts it."""

@@ -316,6 +316,10 @@ class TrainConfig(Schema, name="train_schema"):
     seed: int = 42
     run_name: str | None = None
     run_group: str | None = None
+    # W&B job type and tags of the run; a pipeline sets the job type of each stage (pretrain, finetune,
+    # scratch) and tags them with its task name.
+    run_job_type: str | None = None
+    run_tags: list[str] = field(default_factory=list)
     paths: PathsConfig = MISSING
     data: Any = MISSING
     model: Any = MISSING

@@ -6,7 +6,8 @@ the experiment's defaults) and ``task.tasks.<name>.weight`` its loss weight; the
 network, so the checkpoint, the export and the hand-off hold one backbone. Each head keeps its own
 loss and metrics (:meth:`~headstart.heads.supervised.SupervisedHead.step`): a training step sums the
 weighted losses of the tasks' batches, and validation and test log each task's metrics as
-``val/<task>/<metric>`` and the weighted sum of the task losses as ``val/loss``.
+``val/<task>/<metric>`` and the weighted sum of the task losses as ``val/loss``. The export is one
+per task, ``export/<task>/``: the backbone with that task's head, as a single-task run's export.
 
 The heads' own ``optimizer``/``scheduler`` settings are not used: ``task.optimizer`` and
 ``task.scheduler`` train the whole model.
@@ -14,6 +15,7 @@ The heads' own ``optimizer``/``scheduler`` settings are not used: ``task.optimiz
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -51,6 +53,8 @@ def _instantiated(node):
 
 
 class MultiTaskModel(HeadstartModule):
+    exports_head = True
+
     def __init__(self, backbone, optimizer, tasks: dict[str, Any], task_kwargs: dict[str, dict[str, Any]],
                  scheduler=None, monitor: str | None = None, monitor_mode: str | None = None) -> None:
         from hydra.utils import instantiate
@@ -84,6 +88,12 @@ class MultiTaskModel(HeadstartModule):
             self.heads[name] = head
             self.loss_weights[name] = weight
         self.eval_losses = nn.ModuleDict({name: MeanMetric() for name in self.task_names})
+
+    def export(self, directory: str, processor, metadata: dict[str, Any]) -> None:
+        """One export per task, ``<directory>/<task>``: the shared backbone with the task's head, with the
+        task's own parts of the run's config, data and metrics."""
+        for name, head in self.heads.items():
+            head.export(str(Path(directory) / name), processor, _task_metadata(metadata, name, self.loss_weights))
 
     def build_collator(self, processor) -> dict[str, Any]:
         return {name: head.build_collator(processor) for name, head in self.heads.items()}
@@ -137,3 +147,26 @@ class MultiTaskModel(HeadstartModule):
 
     def on_test_epoch_end(self):
         self._log_eval("test")
+
+
+# Where a task's part of each metadata entry lies (the run's task and data config, the data module's
+# task kwargs and data summary).
+_TASK_SECTIONS = {"task_config": ("tasks", "{}", "head"), "data_config": ("tasks", "{}"),
+                  "task_kwargs": ("task_kwargs", "{}"), "data": ("tasks", "{}")}
+
+
+def _task_metadata(metadata: dict[str, Any], name: str, weights: dict[str, float]) -> dict[str, Any]:
+    """The export metadata of task ``name``: its own sections of the run's, and its metrics
+    (``val/<name>/acc`` as ``val/acc``)."""
+    task = {**metadata, "task_name": name, "multitask": {"tasks": list(weights), "loss_weights": weights}}
+    for key, path in _TASK_SECTIONS.items():
+        if key in metadata:
+            value = metadata[key]
+            for step in path:
+                value = value.get(step.format(name)) if isinstance(value, dict) else None
+            task[key] = value
+    if "metrics" in metadata:
+        parts = (key.split("/", 2) for key in metadata["metrics"])
+        task["metrics"] = {f"{split}/{metric}": metadata["metrics"][f"{split}/{owner}/{metric}"]
+                           for split, owner, metric in (p for p in parts if len(p) == 3) if owner == name}
+    return task

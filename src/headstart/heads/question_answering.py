@@ -61,6 +61,9 @@ def best_spans(start_logits: torch.Tensor, end_logits: torch.Tensor, offsets: to
 
 
 class QuestionAnswering(SupervisedHead):
+    hf_task = "span"
+    hf_stock = True  # BertForQuestionAnswering's qa_outputs (which leaves padding unmasked)
+
     def __init__(self, backbone, optimizer, scheduler=None,
                  classifier_dropout: float = QuestionAnsweringConfig.classifier_dropout,
                  max_answer_length: int = QuestionAnsweringConfig.max_answer_length,
@@ -93,6 +96,9 @@ class QuestionAnswering(SupervisedHead):
         padding = (batch["attention_mask"] == 0)[..., None]
         start, end = logits.masked_fill(padding, torch.finfo(logits.dtype).min).unbind(-1)
         return start, end
+
+    def hf_outputs(self, batch):
+        return self(batch)
 
     def step(self, batch):
         start, end = self(batch)

@@ -66,6 +66,14 @@ class Regressor(SupervisedHead):
         """Outputs of :meth:`forward` in the data's units."""
         return outputs.float() * self.target_std + self.target_mean
 
+    def hf_settings(self):
+        """The export predicts in the data's units: its config carries the targets' scaling."""
+        return {**super().hf_settings(), "problem_type": "regression", "target_mean": self.target_mean.tolist(),
+                "target_std": self.target_std.tolist()}
+
+    def hf_outputs(self, batch):
+        return (self.unscale(self(batch)),)
+
     def _loss(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         scaled = (targets - self.target_mean) / self.target_std
         outputs = outputs.float()

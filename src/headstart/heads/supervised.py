@@ -2,10 +2,15 @@
 torchmetrics collection, cloned per split, so DDP syncs their states), and their logging.
 
 A head writes :meth:`SupervisedHead.step` (loss, predictions and targets of a batch) and passes its
-metrics to :meth:`SupervisedHead.init_metrics`.
+metrics to :meth:`SupervisedHead.init_metrics`. Its export (:meth:`SupervisedHead.export`) is the
+whole model for the task's transformers auto class (:func:`headstart.transfer.export.export_head`):
+``hf_task`` names the task, ``hf_settings`` the config entries of its labels and pooling, and
+``hf_outputs`` what the exported model's outputs must equal.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 import torch
 from torchmetrics import MetricCollection
@@ -15,6 +20,11 @@ from headstart.module import HeadstartModule
 
 class SupervisedHead(HeadstartModule):
     hf_head = "base"
+    exports_head = True
+    #: The export's task (see ``headstart.transfer.export.HF_TASKS``): "sequence", "image", "token" or "span".
+    hf_task = "sequence"
+    #: Whether the export may be transformers' own class for the task (where it computes the same).
+    hf_stock = False
 
     def init_metrics(self, metrics: MetricCollection) -> None:
         self.val_metrics = metrics.clone(prefix="val/")
@@ -52,3 +62,23 @@ class SupervisedHead(HeadstartModule):
     def on_test_epoch_end(self):
         self.log_dict(self.metric_values(self.test_metrics.compute()), sync_dist=True)
         self.test_metrics.reset()
+
+    # -- export --------------------------------------------------------------------------------------
+    def hf_settings(self) -> dict[str, Any]:
+        """Config entries of the export beyond its backbone's: the labels, and ``pooling`` (how a sequence
+        becomes one vector; None for a head on every token)."""
+        names = getattr(self, "label_names", None)
+        settings: dict[str, Any] = {"pooling": getattr(self, "pooling", None)}
+        if names:
+            settings.update(id2label=dict(enumerate(names)), label2id={name: i for i, name in enumerate(names)})
+        return settings
+
+    def hf_outputs(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, ...]:
+        """What the exported model's outputs (logits, or QA's start and end logits) equal on ``batch``."""
+        return (self(batch),)
+
+    def export(self, directory: str, processor, metadata: dict[str, Any]) -> None:
+        """Write the backbone with this head as an HF model directory its task's auto class loads."""
+        from headstart.transfer.export import export_head
+
+        export_head(self, directory, processor, {"objective": type(self).__name__, "export_kind": "head", **metadata})

@@ -24,6 +24,9 @@ IGNORE_INDEX = -100
 
 
 class TokenClassifier(SupervisedHead):
+    hf_task = "token"
+    hf_stock = True  # BertForTokenClassification, GPT2ForTokenClassification, ...: dropout + linear on every token
+
     def __init__(self, backbone, optimizer, num_labels: int, label_names: list[str], scheduler=None,
                  classifier_dropout: float = TokenClassificationConfig.classifier_dropout, **kwargs) -> None:
         if len(label_names) != num_labels:

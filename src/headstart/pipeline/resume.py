@@ -97,7 +97,8 @@ SAFE_TO_CHANGE = ("trainer.max_epochs", "trainer.max_steps", "trainer.max_time",
                   "trainer.num_sanity_val_steps", "data.num_workers", "data.num_proc", "test_after_fit",
                   "export_backbone", "optimized_metric")
 # Where a run writes and how it is logged, which differ between a run and its resumption by nature.
-_NOT_COMPARED = ("paths", "hydra", "run_name", "run_group", "logger", "callbacks", "resume", "ckpt_path")
+_NOT_COMPARED = ("paths", "hydra", "run_name", "run_group", "run_job_type", "run_tags", "logger", "callbacks", "resume",
+                 "ckpt_path")
 
 
 def _flat(node: Any, prefix: str = "") -> dict[str, Any]:

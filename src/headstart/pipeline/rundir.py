@@ -76,7 +76,7 @@ def claim_run_dir(output_dir: Path, resuming: bool) -> None:
 def config_hash(cfg: DictConfig) -> str:
     """A hash of what the run trains (paths and run names left out, so reruns of one config agree)."""
     container = OmegaConf.to_container(cfg, resolve=True)
-    for key in ("paths", "run_name", "run_group", "logger", "callbacks", "resume"):
+    for key in ("paths", "run_name", "run_group", "run_job_type", "run_tags", "logger", "callbacks", "resume"):
         container.pop(key, None)
     text = OmegaConf.to_yaml(OmegaConf.create(container), sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
@@ -91,3 +91,52 @@ def save_config(cfg: DictConfig, output_dir: Path, changes: dict | None = None) 
     elif changes:
         number = 1 + len(list(output_dir.glob("config.resume*.yaml")))
         (output_dir / f"config.resume{number}.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+
+
+LATEST = "latest"
+
+
+def point_latest(log_dir: Path, run_dir: Path) -> Path | None:
+    """Point ``log_dir/latest`` at ``run_dir`` (a relative symlink, swapped in atomically, so a reader
+    never finds it missing) and write its absolute path to ``log_dir/latest.txt`` (for file systems
+    without symlinks). Nothing happens for a run directory outside ``log_dir`` (``hydra.run.dir`` set
+    elsewhere), and ``latest`` is never put in place of a file or directory that is not such a link.
+    Returns the link, or None where none was made."""
+    import logging
+
+    log = logging.getLogger(__name__)
+    log_dir, run_dir = Path(log_dir).absolute(), Path(run_dir).absolute()
+    try:
+        relative = run_dir.resolve().relative_to(log_dir.resolve())
+    except ValueError:  # not under the log directory: no link there
+        return None
+    if not log_dir.is_dir() or relative == Path("."):
+        return None
+    try:
+        _replace_atomically(log_dir / f"{LATEST}.txt", lambda tmp: tmp.write_text(f"{run_dir.resolve()}\n"))
+    except OSError as err:
+        log.debug("%s.txt not written (%s)", LATEST, err)
+    link = log_dir / LATEST
+    if link.exists() and not link.is_symlink():
+        log.warning("%s is not a link; leaving it as it is (the newest run is named in %s.txt)", link, LATEST)
+        return None
+    try:
+        _replace_atomically(link, lambda tmp: os.symlink(relative, tmp, target_is_directory=True))
+    except (OSError, NotImplementedError) as err:  # no symlinks here (some Windows setups, some mounts)
+        log.debug("no %s link (%s); the newest run is named in %s.txt", link, err, LATEST)
+        return None
+    return link
+
+
+def _replace_atomically(path: Path, write) -> None:
+    """``write`` a temporary sibling of ``path``, then rename it over ``path`` (atomic on POSIX)."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        if tmp.is_symlink() or tmp.exists():
+            tmp.unlink()
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        if tmp.is_symlink() or tmp.exists():
+            tmp.unlink()
+        raise

@@ -14,6 +14,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from headstart.config.checks import check_values
 from headstart.errors import ConfigError
+from headstart.pipeline import report as results_report
 from headstart.pipeline.stage import StageResult, run_stage
 
 log = logging.getLogger(__name__)
@@ -207,6 +208,7 @@ def run_pipeline(cfg: DictConfig) -> dict[str, Any]:
         return compose_stage(config_name, [
             *overrides, *shared, *last, f"paths.output_dir={quote(str(out / name))}",
             f"run_group={quote(group)}", f"run_name={quote(group + '-' + name.replace('/', '-'))}",
+            f"run_job_type={name.split('/')[0]}", f"run_tags=[{quote(cfg.task_name)}]",
         ])
 
     def run(name: str, overrides: list[str], last: list[str] = ()) -> StageResult:
@@ -233,9 +235,11 @@ def run_pipeline(cfg: DictConfig) -> dict[str, Any]:
     for name, overrides in models.items():
         results[name] = select_on_validation(run, name, overrides, [], grids[name])
     summary = compare(results, pipe.metric)
-    (out / "pipeline.json").write_text(json.dumps({"metric": pipe.metric, "stages": results, "comparison": summary},
+    context = results_report.pipeline_context(results, pipe.metric)
+    (out / "pipeline.json").write_text(json.dumps({"metric": pipe.metric, "stages": results, "comparison": summary,
+                                                   "report": _report_record(context, results)},
                                                   indent=2))
-    print_comparison(summary, pipe.metric, out)
+    print_comparison(summary, pipe.metric, out, context)
     return {"metrics": {f"{stage}/{pipe.metric}": row["value"] for stage, row in summary.items()}, "stages": results}
 
 
@@ -285,10 +289,16 @@ def _label_efficiency(cfg: DictConfig, run, models: dict[str, list[str]], grids:
                              "label_count": amount["label_count"], "train_examples": results[name].get("train_examples"),
                              "seed": seed, "model": model,
                              "learning_rate": results[name].get("selected", {}).get("task.optimizer.lr"),
-                             "metric": pipe.metric, "value": metrics["value"], "output_dir": metrics["output_dir"]})
-    summary = label_efficiency.report(cfg, runs, pipe.metric, out, group)
+                             "metric": pipe.metric, "value": metrics["value"],
+                             "test_examples": results[name].get("test_examples"),
+                             "baseline": results_report.baseline_value(results[name], pipe.metric),
+                             "output_dir": metrics["output_dir"]})
+    context = results_report.pipeline_context(results, pipe.metric)
+    summary = label_efficiency.report(cfg, runs, pipe.metric, out, group, context)
+    record = _report_record(context, results, seeds=seeds,
+                            figures=[label_efficiency.PLOT_NAME, label_efficiency.PLOT_PDF_NAME])
     (out / "pipeline.json").write_text(json.dumps({"metric": pipe.metric, "stages": results, "runs": runs,
-                                                   "label_efficiency": summary}, indent=2))
+                                                   "label_efficiency": summary, "report": record}, indent=2))
     metrics = {f"{model}/{pipe.metric}@{row['labels']}": row[f"{model}_mean"] for row in summary for model in models}
     return {"metrics": metrics, "stages": results, "label_efficiency": summary}
 
@@ -372,13 +382,26 @@ def compare(results: dict[str, dict[str, Any]], metric: str) -> dict[str, dict[s
     return rows
 
 
-def print_comparison(summary: dict[str, dict[str, Any]], metric: str, out: Path) -> None:
-    from rich.console import Console
+def _report_record(context: dict[str, Any], results: dict[str, Any], seeds: list[int] | None = None,
+                   figures: list[str] = ()) -> dict[str, Any]:
+    """pipeline.json's ``report``: what the table and figure say beside the numbers (metric in words,
+    spread, seeds, test split, baseline and its score, checkpoints, setup) and the files they are in."""
+    scores = {results_report.baseline_value(r, context["metric"]) for name, r in results.items() if name != "pretrain"}
+    baseline = {**context["baseline"], "values": sorted(scores - {None})} if context["baseline"] else None
+    return {**context, "baseline": baseline, "seeds": seeds, "n": len(seeds) if seeds else 1,
+            "table": results_report.TABLE_NAME, "figures": list(figures)}
+
+
+def print_comparison(summary: dict[str, dict[str, Any]], metric: str, out: Path,
+                     context: dict[str, Any] | None = None) -> None:
+    """The pipeline's table, printed last and written to results_table.txt: each model's value (one
+    run each), their difference and the trivial baseline's score, with notes on what they are."""
     from rich.table import Table
 
-    table = Table(title=f"What pretraining bought ({metric})")
+    context = context or {"metric": metric, "metric_words": results_report.metric_words(metric)}
+    table = Table(title=f"What pretraining bought: {context['metric_words']}")
     table.add_column("model")
-    table.add_column(metric, justify="right")
+    table.add_column(context["metric_words"], justify="right")
     table.add_column("run directory")
     labels = {"finetune": "pretrained + fine-tuned", "scratch": "from scratch"}
     for stage, row in summary.items():
@@ -386,6 +409,11 @@ def print_comparison(summary: dict[str, dict[str, Any]], metric: str, out: Path)
     if "finetune" in summary and "scratch" in summary:
         delta = summary["finetune"]["value"] - summary["scratch"]["value"]
         table.add_row("difference", f"{delta:+.4f}", "")
-    console = Console(width=140)
-    console.print(table)
-    console.print(f"Pipeline outputs: {out.resolve()}")
+    baseline = context.get("baseline") or {}
+    if baseline.get("value") is not None:
+        table.add_row(baseline["kind"], f"{baseline['value']:.4f}", "")
+    notes = [results_report.value_note(context),
+             "One run of each model (pipeline.seeds=null): no spread; set pipeline.seeds=[0,1,2] for mean ± std.",
+             results_report.baseline_note(context), results_report.setup_note(context),
+             f"Pipeline outputs: {out.resolve()} ({results_report.TABLE_NAME}, pipeline.json)"]
+    results_report.emit(table, [n for n in notes if n], out)

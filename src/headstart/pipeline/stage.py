@@ -22,6 +22,7 @@ from headstart.pipeline.resume import ResumePlan, check_resumed_config, latest_c
 from headstart.pipeline.run_record import write_run_record
 from headstart.pipeline.rundir import claim_run_dir, config_hash, is_secondary_rank, save_config
 from headstart.speed import apply_speed
+from headstart.tracking.artifacts import declare_use, exported_artifact, log_model_artifacts, wandb_run
 from headstart.tracking.loggers import adopt_csv_columns, build_loggers
 from headstart.tracking.wandb import finish_wandb
 from headstart.transfer.handoff import apply_handoff, check_export_modality, resolve_export_dir
@@ -96,19 +97,36 @@ def run_stage(cfg: DictConfig) -> StageResult:
         _save_setup(cfg, plan, changes, datamodule, handoff)
     _log_hyperparams(loggers, cfg, cfg_hash, handoff)
 
+    run = wandb_run(loggers) if trainer.is_global_zero else None
+    if run is not None and export_dir and cfg.transfer.mode != "scratch":
+        declare_use(run, exported_artifact(export_dir), output_dir)  # pretrain -> finetune lineage
     try:
         trained = _train(cfg, trainer, module, datamodule, plan.ckpt_path, output_dir)
+        record = _results_record(cfg, cfg_hash, output_dir, trainer, module, datamodule, agreement=agreement,
+                                 transfer=transfer, speed=speed, handoff=handoff, trained=trained)
+        if trainer.is_global_zero:
+            if cfg.export_backbone and (module.exports_backbone or module.exports_head):
+                record["exports"] = _export(cfg, trainer, module, datamodule, output_dir, record)
+                record["export_dir"] = str((output_dir / "export").resolve())
+            if run is not None:  # logged before the W&B run is finished
+                record["wandb_artifacts"] = log_model_artifacts(
+                    run, cfg.run_name or f"{cfg.task_name}-{output_dir.name}",
+                    {task: Path(path) for task, path in record.get("exports", {}).items()},
+                    _best_checkpoint(trainer, record), {"config_hash": cfg_hash, "metrics": record["metrics"]})
+            (output_dir / "results.json").write_text(json.dumps(record, indent=2))
+            log.info("Outputs: %s", output_dir.resolve())
     finally:
         finish_wandb()
-
-    record = _results_record(cfg, cfg_hash, output_dir, trainer, module, datamodule, agreement=agreement,
-                             transfer=transfer, speed=speed, handoff=handoff, trained=trained)
-    if trainer.is_global_zero:
-        if cfg.export_backbone and module.exports_backbone:
-            record["export_dir"] = _export(module, datamodule, output_dir, record)
-        (output_dir / "results.json").write_text(json.dumps(record, indent=2))
-        log.info("Outputs: %s", output_dir.resolve())
     return StageResult.from_record(record, output_dir)
+
+
+def _best_checkpoint(trainer, record: dict[str, Any]) -> Path | None:
+    """The checkpoint best on validation: the one tested, else the checkpoint callback's best (a run
+    without a test split, e.g. pretraining)."""
+    tested = StageResult.from_record(record, Path(record["output_dir"])).best_checkpoint
+    callback = trainer.checkpoint_callback
+    best = tested or (callback.best_model_path if callback is not None and callback.monitor else None)
+    return Path(best) if best else None
 
 
 def _plan(cfg: DictConfig) -> tuple[ResumePlan, dict[str, Any]]:
@@ -317,7 +335,11 @@ def _test(trainer, module, datamodule, trained: _Trained) -> None:
 def _results_record(cfg: DictConfig, cfg_hash: str, output_dir: Path, trainer, module, datamodule, *,
                     agreement: RankAgreement, transfer, speed, handoff: dict[str, Any] | None,
                     trained: _Trained) -> dict[str, Any]:
-    """What results.json records of the run (the export's directory is added once it is written)."""
+    """What results.json records of the run (the export's directory is added once it is written):
+    besides the metrics, which checkpoint each comes from (``checkpoints``), the test split's size and
+    the trivial baseline's score on it (``baseline``), and the run in words (``setup``)."""
+    from headstart.pipeline import report
+
     record = {
         "output_dir": str(output_dir.resolve()),
         "task": type(module).__name__,
@@ -331,9 +353,13 @@ def _results_record(cfg: DictConfig, cfg_hash: str, output_dir: Path, trainer, m
         "rank_config_hashes": agreement.rank_hashes,
         "metrics": trained.metrics,
         "metrics_source": trained.metrics_source,
+        "checkpoints": report.checkpoint_provenance(trainer, trained.metrics, trained.metrics_source),
         "monitor": {"metric": cfg.task.get("monitor"), "mode": cfg.task.get("monitor_mode")},
         "handoff": {k: len(v) for k, v in handoff.items() if isinstance(v, list)} if handoff else None,
         "train_examples": _train_examples(datamodule),
+        "test_examples": report.split_size(datamodule, "test") if "test" in trained.metrics_source else None,
+        "baseline": report.trivial_baseline(module, datamodule) if "test" in trained.metrics_source else None,
+        "setup": report.describe_setup(cfg, module),
         "tokenizer_fingerprint": _tokenizer_fingerprint(datamodule),
         "peak_rss_mb": _peak_rss_mb(),
     }
@@ -345,13 +371,83 @@ def _results_record(cfg: DictConfig, cfg_hash: str, output_dir: Path, trainer, m
     return record
 
 
-def _export(module, datamodule, output_dir: Path, record: dict[str, Any]) -> str:
-    """Export the backbone (with the processor) to ``output_dir/export``; its resolved path."""
-    module.export(str(output_dir / "export"), datamodule.processor, {
+def _export(cfg: DictConfig, trainer, module, datamodule, output_dir: Path, record: dict[str, Any]) -> dict[str, str]:
+    """Export the model with its processor and a model card to ``output_dir/export``: a pretraining
+    objective's backbone as the run left it, a downstream head with the weights of the checkpoint best
+    on validation (a multi-task model: one export per task, ``export/<task>``). Returns the export
+    directories, ``{task: path}`` (the task "" for a single export)."""
+    import shlex
+
+    directory = output_dir / "export"
+    checkpoint, kind = _exported_checkpoint(trainer, module, output_dir, record)
+    module.export(str(directory), datamodule.processor, {
         "source_run": record["output_dir"], "config_hash": record["config_hash"], "completed": record["completed"],
-        "global_step": record["global_step"],
+        "global_step": record["global_step"], "checkpoint": checkpoint, "checkpoint_kind": kind,
+        "init_from": _lineage(cfg),
+        "command": shlex.join(sys.argv),
+        "metrics": {k: v for k, v in record["metrics"].items() if k.startswith(("val/", "test/"))},
+        "data": _data_summary(cfg.data, datamodule),
+        "task_kwargs": datamodule.task_kwargs(),
+        **{f"{section}_config": OmegaConf.to_container(cfg[section], resolve=True) for section in ("task", "data", "model")},
     })
-    return str((output_dir / "export").resolve())
+    if (directory / "config.json").is_file():
+        return {"": str(directory.resolve())}
+    return {path.name: str(path.resolve()) for path in sorted(directory.iterdir()) if (path / "config.json").is_file()}
+
+
+def _exported_checkpoint(trainer, module, output_dir: Path, record: dict[str, Any]) -> tuple[str | None, str]:
+    """Which checkpoint the export holds, and whether it is the ``best`` on validation or the ``last``
+    (the end of training). A head is given the best checkpoint's weights here: after fit the module
+    holds the last ones, and the best only if the test split was run on it. A pretraining export keeps
+    what the module holds (the best after a test, as before)."""
+    source = record.get("metrics_source") or {}
+    best = source.get("checkpoint")
+    callback = trainer.checkpoint_callback
+    if module.exports_head and not best and callback is not None and callback.monitor:
+        best = callback.best_model_path or None
+    if best and module.exports_head:
+        module.load_state_dict(read_checkpoint(best, "the best checkpoint")["state_dict"])
+    if best:
+        return str(Path(best).resolve()), "best"
+    last = output_dir / "checkpoints" / "last.ckpt"
+    return (str(last.resolve()) if last.is_file() else None), "last"
+
+
+def _lineage(cfg: DictConfig) -> dict[str, Any] | None:
+    """The export the run started from (``model.init_from``), with its config hashes; None: none."""
+    from headstart.data.files import file_sha256
+    from headstart.transfer.export import read_metadata
+
+    init_from = cfg.model.get("init_from")
+    if not init_from:
+        return None
+    source = resolve_export_dir(init_from)
+    meta = read_metadata(source)
+    return {"path": str(source.resolve()), "config_hash": meta.get("config_hash"),
+            "config_sha256": meta.get("config_sha256") or file_sha256(source / "config.json"),
+            "source_run": meta.get("source_run"), "objective": meta.get("objective"),
+            # What was loaded from it: transfer=scratch keeps its tokenizer only.
+            "loaded": None if cfg.transfer.mode == "scratch" else cfg.model.get("init_scope", "backbone")}
+
+
+_SPLIT_SOURCES = {"train": ("train_files", "train_dir"), "validation": ("val_files", "val_dir"),
+                  "test": ("test_files", "test_dir")}
+
+
+def _data_summary(data_cfg: DictConfig, datamodule) -> dict[str, Any]:
+    """The run's data for the model card: built-in set or files per split, and examples per split (a
+    multi-task run: one such summary per task, under ``tasks``)."""
+    tasks = getattr(datamodule, "tasks", None)
+    if isinstance(tasks, dict):
+        return {"tasks": {name: _data_summary(data_cfg.tasks[name], data) for name, data in tasks.items()}}
+    files = {}
+    for split, keys in _SPLIT_SOURCES.items():
+        for key in keys:
+            value = data_cfg.get(key)
+            if value:
+                files[split] = value if isinstance(value, str) else [str(v) for v in value]
+    examples = {split: len(data) for split, data in (getattr(datamodule, "datasets", None) or {}).items()}
+    return {"builtin": data_cfg.get("builtin"), "files": files, "examples": examples}
 
 
 def _peak_rss_mb() -> float | None:

@@ -58,13 +58,38 @@ def resolve_wandb_mode(mode: str = "auto") -> str:
     return "online"
 
 
-def wandb_logger(mode: str = "auto", save_dir: str = ".", **kwargs: Any):
-    """A Lightning ``WandbLogger`` with the mode resolved; extra kwargs go to ``wandb.init``."""
+_CONSOLE = ("full", "quiet", "silent")
+
+
+def wandb_logger(mode: str = "auto", save_dir: str = ".", console_output: str = "quiet", **kwargs: Any):
+    """A Lightning ``WandbLogger`` with the mode resolved; extra kwargs go to ``wandb.init``.
+    ``console_output``: what W&B itself prints: ``full`` (its run history and summary at the end of
+    each run), ``quiet`` (where the run is, nothing at its end: the default, so a pipeline's table is
+    not buried) or ``silent`` (nothing). Settings passed as ``settings`` win."""
     from lightning.pytorch.loggers import WandbLogger
 
+    if console_output not in _CONSOLE:
+        raise ConfigError(f"logger.wandb.console_output={console_output!r} is not one of {', '.join(_CONSOLE)}.")
     resolved = resolve_wandb_mode(mode)
     os.makedirs(save_dir, exist_ok=True)
+    if console_output != "full" and "settings" not in kwargs:
+        import wandb
+
+        kwargs["settings"] = wandb.Settings(**{console_output: True})
+    if resolved == "offline" and kwargs.get("id"):
+        kwargs = _offline_resume(kwargs)
     return WandbLogger(save_dir=save_dir, mode=resolved, offline=resolved == "offline", **kwargs)
+
+
+def _offline_resume(kwargs: dict[str, Any]) -> dict[str, Any]:
+    """W&B cannot continue a run offline: it would write a second ``offline-run-*-<id>`` directory, and
+    ``wandb sync`` of the two keeps only one. A resumed offline run is therefore a new W&B run in the
+    same group, named ``<name>-resumed``, whose config names the run it continues."""
+    previous = kwargs.pop("id")
+    kwargs.pop("resume", None)
+    config = {**(kwargs.pop("config", None) or {}), "headstart/resumed_from": previous}
+    name = kwargs.get("name")
+    return {**kwargs, "config": config, "name": f"{name}-resumed" if name else None}
 
 
 def attached_run_id(loggers) -> str | None:

@@ -173,6 +173,8 @@ def _check_architecture(export_dir: Path, meta: dict[str, Any], backbone, init_f
             "Restore the file (or export the run again); set the new model's architecture with model.arch instead."
         )
     source = json.loads(config_path.read_text())
+    if source.get("model_type") == "headstart_head":  # a head's export (headstart.hf_models): its backbone's config
+        source = source.get("backbone") or {}
     target = backbone.config.to_dict()
     differ = [f"{k}: export {source[k]!r}, model {target[k]!r}" for k in ARCHITECTURE_FIELDS
               if k in source and k in target and source[k] != target[k]]
