@@ -116,7 +116,11 @@ def run(cfg: DictConfig) -> float | None:
         from headstart.pipeline.guards import check_launch
 
         check_launch(cfg, multirun=_name_sweep_job(cfg))
-        if cfg.get("pipeline"):
+        if cfg.mode != "train":  # predict / evaluate with a fine-tuned model: nothing is trained
+            from headstart.pipeline.inference import run_inference
+
+            metrics = run_inference(cfg)
+        elif cfg.get("pipeline"):
             from headstart.pipeline.runner import run_pipeline
 
             metrics = run_pipeline(cfg)["metrics"]

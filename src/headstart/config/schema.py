@@ -105,6 +105,8 @@ class TextDataConfig(Schema):
     train_files: list[str] = field(default_factory=list)
     val_files: list[str] = field(default_factory=list)
     test_files: list[str] = field(default_factory=list)
+    # Files to label with a fine-tuned model (mode=predict): rows with the text column, no labels needed.
+    predict_files: list[str] = field(default_factory=list)
     text_column: str = "text"
     # Field delimiter of .csv/.tsv files; null: a comma for .csv, a tab for .tsv.
     delimiter: str | None = None
@@ -312,6 +314,9 @@ class SpeedConfig(Schema):
 class TrainConfig(Schema, name="train_schema"):
     """The root of every composed config."""
 
+    # train | predict | evaluate: predict labels data.predict_files, evaluate scores data.test_files, both
+    # with the fine-tuned model model.init_from names (headstart.pipeline.inference), training nothing.
+    mode: str = "train"
     task_name: str = "train"
     seed: int = 42
     run_name: str | None = None

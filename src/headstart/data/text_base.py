@@ -32,6 +32,7 @@ class TextDataModule(SplitLoaders, pl.LightningDataModule):
         train_files: list[str] | None = None,
         val_files: list[str] | None = None,
         test_files: list[str] | None = None,
+        predict_files: list[str] | None = None,
         text_column: str = TextDataConfig.text_column,
         delimiter: str | None = None,
         val_fraction: float = TextDataConfig.val_fraction,
@@ -60,6 +61,7 @@ class TextDataModule(SplitLoaders, pl.LightningDataModule):
         self.builtin = builtin
         self.split_files = {"train": list(train_files or []), "validation": list(val_files or []),
                             "test": list(test_files or [])}
+        self.predict_files = list(predict_files or [])  # read by mode=predict (headstart.pipeline.inference)
         self.text_column = text_column
         self.delimiter = delimiter
         self.val_fraction = val_fraction
