@@ -204,11 +204,12 @@ def log_to_wandb(cfg, runs: list[dict[str, Any]], summary: list[dict[str, Any]],
     import wandb
     from omegaconf import OmegaConf
 
-    # The pipeline's whole config goes with it: what was compared, with which settings.
     logger = instantiate(wandb_cfg, name=f"{group}-label_efficiency", group=group, save_dir=str(out),
-                         job_type="label-efficiency", tags=[cfg.task_name],
-                         config=OmegaConf.to_container(cfg, resolve=True))
+                         job_type="label-efficiency", tags=[cfg.task_name])
     try:
+        # The pipeline's whole config goes with it: what was compared, with which settings. (Not as
+        # instantiate(config=...): that is instantiate's own first argument.)
+        logger.experiment.config.update(OmegaConf.to_container(cfg, resolve=True), allow_val_change=True)
         columns = list(runs[0])
         summary_columns = sorted({k for row in summary for k in row}, key=lambda k: (k != "labels", k))
         logger.experiment.log({
