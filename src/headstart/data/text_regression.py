@@ -23,16 +23,7 @@ class TextRegressionDataModule(TextClassificationDataModule):
         self.target_std: list[float] = []
 
     def _target(self, value) -> list[float] | None:
-        """The target as a list of floats, or None when it is not a (finite) number or list of them."""
-        if isinstance(value, str):
-            try:
-                value = float(value.strip())
-            except ValueError:
-                return None
-        values = value if isinstance(value, list | tuple) else [value]
-        if not values or not all(isinstance(v, Real) and not isinstance(v, bool) and math.isfinite(v) for v in values):
-            return None
-        return [float(v) for v in values]
+        return parse_target(value)
 
     def _check_rows(self, raw) -> None:
         self._drop_missing_labels(raw)  # data.drop_missing_labels, as for classification; lists are targets here
@@ -91,3 +82,17 @@ class TextRegressionDataModule(TextClassificationDataModule):
     def task_kwargs(self):
         return {"num_targets": self.num_targets, "target_mean": list(self.target_mean),
                 "target_std": list(self.target_std)}
+
+
+def parse_target(value) -> list[float] | None:
+    """A regression target as a list of floats (from a number, a numeric string or a list of numbers),
+    or None when it is not a finite number or list of them."""
+    if isinstance(value, str):
+        try:
+            value = float(value.strip())
+        except ValueError:
+            return None
+    values = value if isinstance(value, list | tuple) else [value]
+    if not values or not all(isinstance(v, Real) and not isinstance(v, bool) and math.isfinite(v) for v in values):
+        return None
+    return [float(v) for v in values]

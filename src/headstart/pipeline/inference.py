@@ -17,14 +17,13 @@ from __future__ import annotations
 import csv
 import json
 import logging
-import math
-from numbers import Real
 from pathlib import Path
 from typing import Any
 
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from headstart.data.text_regression import parse_target
 from headstart.errors import CheckpointError, ConfigError, DataError
 
 log = logging.getLogger(__name__)
@@ -231,25 +230,12 @@ def _label(split: str, path: str, number: int, value, kind: str, label_ids: dict
                             f"was not trained on (its labels: {list(label_ids)[:20]}). Drop those rows, or fine-tune "
                             "a model that knows the label.")
         return label_ids[str(value)]
-    target = _target(value)
+    target = parse_target(value)
     if target is None or len(target) != module.num_targets:
         raise DataError(f"data.{split}_files: {path!r} row {number} has {column!r} = {value!r}, where the model "
                         f"predicts {module.num_targets} number(s). Give every row a finite number (or a list of "
                         f"{module.num_targets}).")
     return target[0] if module.num_targets == 1 else target
-
-
-def _target(value) -> list[float] | None:
-    """A regression target as read by the data module: a number, a numeric string, or a list of numbers."""
-    if isinstance(value, str):
-        try:
-            value = float(value.strip())
-        except ValueError:
-            return None
-    values = value if isinstance(value, list | tuple) else [value]
-    if not values or not all(isinstance(v, Real) and not isinstance(v, bool) and math.isfinite(v) for v in values):
-        return None
-    return [float(v) for v in values]
 
 
 def _tokenize(tokenizer, rows: dict[str, list], max_length: int) -> list[dict[str, Any]]:

@@ -289,26 +289,6 @@ def _fit(trainer, module, datamodule, ckpt_path: str | None) -> None:
         ) from None
 
 
-def _fit(trainer, module, datamodule, ckpt_path: str | None) -> None:
-    """``trainer.fit``; SIGTERM or Ctrl-C ends it with a checkpoint saved (CheckpointOnSigterm) and a
-    non-zero exit (143 or 130) that says how to resume."""
-    from lightning.pytorch.utilities.exceptions import SIGTERMException
-
-    from headstart.training_guards import CheckpointOnSigterm
-
-    try:
-        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
-    except SIGTERMException:
-        stopper = next((c for c in trainer.callbacks if isinstance(c, CheckpointOnSigterm)), None)
-        by = (stopper.stopped_by if stopper else None) or "SIGTERM"
-        saved = f"its checkpoint is in {Path(trainer.default_root_dir) / 'checkpoints'}" if stopper else \
-            "no checkpoint was saved at the signal (callbacks.sigterm_checkpoint is off)"
-        raise (Interrupted if by == "SIGINT" else Preempted)(
-            f"stopped by {'Ctrl-C (SIGINT)' if by == 'SIGINT' else by} at step {trainer.global_step}; {saved}. Run "
-            f"the same command with resume=auto and hydra.run.dir={trainer.default_root_dir} to continue it."
-        ) from None
-
-
 def _test(trainer, module, datamodule, trained: _Trained) -> None:
     """Test the checkpoint best on validation (without one, the end of training) and add its metrics;
     the val/ metrics become that checkpoint's too, the last epoch's kept in metrics_source."""
