@@ -24,6 +24,9 @@ TINY_MODEL = [
     "model.arch.hidden_size=32", "model.arch.num_hidden_layers=2", "model.arch.num_attention_heads=2",
     "model.arch.intermediate_size=64", "model.arch.max_position_embeddings=64",
 ]
+# The same encoder as a transformers config, for tests that build modules in process.
+TINY_BERT = {"model_type": "bert", "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2,
+             "intermediate_size": 64, "max_position_embeddings": 64}
 
 # A synthetic "language": each topic has its own words, all share the function words, so an MLM can
 # learn it quickly and a classifier can tell topics apart.

@@ -10,7 +10,7 @@ import shutil
 
 import pytest
 import torch
-from conftest import TOPICS, make_sentence
+from conftest import TINY_BERT, TOPICS, make_sentence
 from safetensors.torch import load_file
 
 from headstart.backbones.text import TextBackboneSpec
@@ -21,8 +21,6 @@ from headstart.objectives.masked_lm import MaskedLanguageModeling
 from headstart.transfer.export import EXPORT_METADATA, read_metadata, write_export
 from headstart.transfer.handoff import apply_handoff, read_weights, resolve_export_dir
 
-TINY_BERT = {"model_type": "bert", "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2,
-             "intermediate_size": 64, "max_position_embeddings": 64}
 OPTIMIZER = functools.partial(torch.optim.AdamW, lr=1e-3)
 
 
@@ -260,7 +258,6 @@ def test_garbage_safetensors_is_refused(pretrained, tokenizer, tmp_path):
     shutil.copytree(export_dir, broken)
     (broken / "model.safetensors").write_bytes(b"\x00" * 64)
     assert_refused_unchanged(classifier(tokenizer), str(broken), "corrupt or truncated")
-
 
 
 def test_unfinished_pretraining_is_refused_unless_allowed(pretrained, tokenizer, tmp_path):

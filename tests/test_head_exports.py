@@ -21,9 +21,18 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from conftest import OFFLINE_ENV, TINY_MODEL, TOPICS, make_sentence, run_train, two_at_a_time, write_labeled
+from conftest import (
+    OFFLINE_ENV,
+    TINY_BERT,
+    TINY_MODEL,
+    TOPICS,
+    make_sentence,
+    run_train,
+    two_at_a_time,
+    write_labeled,
+)
 from test_heads_qa import write_qa
-from test_heads_token_regression import TINY_BERT, write_counts, write_tagged
+from test_heads_token_regression import write_counts, write_tagged
 
 from headstart.transfer.export import EXPORT_METADATA, MODEL_CARD, load_module_from_export, read_metadata
 
@@ -608,7 +617,6 @@ def test_fine_tuned_head_exports_for_its_auto_class(case, head_runs, mlm_run, he
     assert_same_outputs(expected_outputs(module, batch, kind), exported, batch.get("attention_mask"), qa=kind == "qa")
     assert_same_outputs(expected_outputs(load_module_from_export(export), batch, kind), exported,
                         batch.get("attention_mask"), qa=kind == "qa")
-
 
 
 @pytest.mark.slow

@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import (
+    TINY_BERT,
     assert_user_error,
     finished_run,
     logged,
@@ -24,7 +25,7 @@ from conftest import (
     run_train,
     write_labeled,
 )
-from test_heads_token_regression import TINY_BERT, write_counts, write_tagged
+from test_heads_token_regression import write_counts, write_tagged
 
 from headstart.errors import ConfigError
 

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import (
+    TINY_BERT,
     TINY_MODEL,
     TOPICS,
     assert_user_error,
@@ -22,9 +23,6 @@ from conftest import (
 )
 
 from headstart.heads.span_f1 import SpanF1, entity_spans
-
-TINY_BERT = {"model_type": "bert", "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2,
-             "intermediate_size": 64, "max_position_embeddings": 64}
 
 # -- a synthetic NER language: fixed entity vocabularies between filler words -----------------------
 ENTITIES = {

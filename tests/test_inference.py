@@ -20,6 +20,7 @@ import pytest
 import torch
 from conftest import (
     OFFLINE_ENV,
+    TINY_BERT,
     TINY_MODEL,
     TOPICS,
     assert_user_error,
@@ -35,8 +36,6 @@ from omegaconf import OmegaConf
 from headstart.errors import CheckpointError, ConfigError, DataError
 from headstart.pipeline import inference
 
-TINY_BERT = {"model_type": "bert", "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2,
-             "intermediate_size": 64, "max_position_embeddings": 64}
 TOPIC_NAMES = sorted(TOPICS)
 
 

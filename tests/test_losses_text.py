@@ -10,7 +10,7 @@ import random
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import TOPICS, make_sentence
+from conftest import TINY_BERT, TOPICS, make_sentence
 
 from headstart.backbones.pooling import check_pooling, pool
 from headstart.backbones.text import TextBackboneSpec
@@ -24,8 +24,6 @@ from headstart.objectives.masked_lm import MaskedLanguageModeling
 from headstart.objectives.simcse import SimCSE, dropout_on
 
 OPTIMIZER = functools.partial(torch.optim.AdamW, lr=1e-3)
-TINY_BERT = {"model_type": "bert", "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2,
-             "intermediate_size": 64, "max_position_embeddings": 64}
 TINY_GPT = {"model_type": "gpt2", "n_embd": 32, "n_layer": 2, "n_head": 2, "n_positions": 64}
 
 

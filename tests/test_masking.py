@@ -8,15 +8,13 @@ import random
 
 import pytest
 import torch
-from conftest import TOPICS, make_sentence, write_corpus
+from conftest import TINY_BERT, TOPICS, make_sentence, write_corpus
 
 from headstart.backbones.text import TextBackboneSpec
 from headstart.data.text_lm import TextLMDataModule
 from headstart.data.tokenizer import train_tokenizer
 from headstart.objectives.masked_lm import MaskedLanguageModeling
 
-TINY_BERT = {"model_type": "bert", "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2,
-             "intermediate_size": 64, "max_position_embeddings": 64}
 SEQ_LEN = 64  # longest example, [CLS] and [SEP] included
 N_TOKENS = 1_000_000  # non-special tokens per configuration: 0.5-point bands are >= 4 sigma (see _band)
 

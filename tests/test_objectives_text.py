@@ -10,7 +10,7 @@ import random
 from pathlib import Path
 
 import pytest
-from conftest import FUNCTION_WORDS, TINY_MODEL, TOPICS, logged, only_run_dir, run_train
+from conftest import FUNCTION_WORDS, TINY_BERT, TINY_MODEL, TOPICS, logged, only_run_dir, run_train
 
 from headstart.backbones.text import TextBackboneSpec
 from headstart.data.tokenizer import load_tokenizer
@@ -45,10 +45,6 @@ def _assert_hands_off_to_classifier(export_dir: Path, arch_args: dict, pooling: 
     assert report["loaded"] == sorted(classifier.backbone.state_dict())
     assert report["new"] and all(k.startswith("head.") for k in report["new"])
     return report
-
-
-TINY_BERT_ARCH = {"model_type": "bert", "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2,
-                  "intermediate_size": 64, "max_position_embeddings": 64}
 
 
 # -- causal LM -------------------------------------------------------------------------------------
@@ -140,7 +136,7 @@ def test_simcse_export_is_the_bare_encoder_and_hands_off(simcse_run):
     export = simcse_run / "export"
     assert json.loads((export / "headstart_export.json").read_text())["objective"] == "SimCSE"
     assert not [k for k in load_file(export / "model.safetensors") if "projection" in k]
-    report = _assert_hands_off_to_classifier(export, TINY_BERT_ARCH)
+    report = _assert_hands_off_to_classifier(export, TINY_BERT)
     assert report["ignored"] == []  # nothing but the encoder was exported
 
 
@@ -206,7 +202,7 @@ def test_mlm_nsp_export_hands_off_with_the_pooler_ignored(nsp_run):
     export = nsp_run / "export"
     config = json.loads((export / "config.json").read_text())
     assert config["architectures"] == ["BertForPreTraining"]
-    report = _assert_hands_off_to_classifier(export, TINY_BERT_ARCH)
+    report = _assert_hands_off_to_classifier(export, TINY_BERT)
     # The downstream encoder has no pooler: the pretraining pooler and both heads are left behind.
     ignored_modules = {".".join(k.split(".")[:2]) for k in report["ignored"]}
     assert ignored_modules == {"pooler.dense", "cls.predictions", "cls.seq_relationship"}, report["ignored"]

@@ -12,7 +12,7 @@ import random
 
 import pytest
 import torch
-from conftest import TOPICS, make_sentence
+from conftest import TINY_BERT, TOPICS, make_sentence
 
 from headstart.backbones.text import TextBackboneSpec
 from headstart.backbones.vision import VisionBackboneSpec
@@ -23,8 +23,6 @@ ADAMW = functools.partial(torch.optim.AdamW, lr=1e-3)
 CNN = {"model_type": "headstart_cnn", "hidden_sizes": [4, 8]}
 VIT = {"model_type": "vit", "patch_size": 4, "hidden_size": 16, "num_hidden_layers": 1, "num_attention_heads": 2,
        "intermediate_size": 32}
-BERT = {"model_type": "bert", "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2,
-        "intermediate_size": 64, "max_position_embeddings": 64}
 
 
 # -- references, written as the papers write them -------------------------------------------------------
@@ -71,7 +69,7 @@ def wordpiece():
     return train_tokenizer(iter([texts]), "wordpiece", 200, True, 64)
 
 
-def _text_spec(tokenizer, arch=BERT) -> TextBackboneSpec:
+def _text_spec(tokenizer, arch=TINY_BERT) -> TextBackboneSpec:
     spec = TextBackboneSpec(arch=dict(arch))
     spec.bind_tokenizer(tokenizer)
     return spec
@@ -176,7 +174,7 @@ def test_simcse_step_contrasts_two_dropout_views_of_each_text(wordpiece):
     from headstart.objectives.simcse import SimCSE
 
     torch.manual_seed(0)
-    simcse = SimCSE(_text_spec(wordpiece, {**BERT, "hidden_dropout_prob": 0.3}), ADAMW, temperature=0.05,
+    simcse = SimCSE(_text_spec(wordpiece, {**TINY_BERT, "hidden_dropout_prob": 0.3}), ADAMW, temperature=0.05,
                     pooling="mean", gather_negatives=False).train()
     logged = LogRecorder(simcse)
     batch = _text_batch(wordpiece)

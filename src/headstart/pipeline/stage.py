@@ -123,7 +123,7 @@ def run_stage(cfg: DictConfig) -> StageResult:
 def _best_checkpoint(trainer, record: dict[str, Any]) -> Path | None:
     """The checkpoint best on validation: the one tested, else the checkpoint callback's best (a run
     without a test split, e.g. pretraining)."""
-    tested = StageResult.from_record(record, Path(record["output_dir"])).best_checkpoint
+    tested = (record.get("metrics_source") or {}).get("checkpoint")
     callback = trainer.checkpoint_callback
     best = tested or (callback.best_model_path if callback is not None and callback.monitor else None)
     return Path(best) if best else None
@@ -380,11 +380,8 @@ def _exported_checkpoint(trainer, module, output_dir: Path, record: dict[str, An
     (the end of training). A head is given the best checkpoint's weights here: after fit the module
     holds the last ones, and the best only if the test split was run on it. A pretraining export keeps
     what the module holds (the best after a test, as before)."""
-    source = record.get("metrics_source") or {}
-    best = source.get("checkpoint")
-    callback = trainer.checkpoint_callback
-    if module.exports_head and not best and callback is not None and callback.monitor:
-        best = callback.best_model_path or None
+    tested = (record.get("metrics_source") or {}).get("checkpoint")
+    best = _best_checkpoint(trainer, record) if module.exports_head else tested
     if best and module.exports_head:
         module.load_state_dict(read_checkpoint(best, "the best checkpoint")["state_dict"])
     if best:
