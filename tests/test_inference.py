@@ -33,7 +33,7 @@ from conftest import (
 )
 from omegaconf import OmegaConf
 
-from headstart.errors import CheckpointError, ConfigError, DataError
+from headstart.errors import CheckpointError, ConfigError
 from headstart.pipeline import inference
 
 TOPIC_NAMES = sorted(TOPICS)
@@ -74,52 +74,60 @@ def test_head_export_refusals(tmp_path):
         inference.head_export(str(multi), "evaluate")
 
 
-def test_data_settings_come_from_the_export_unless_given():
-    exported = {"text_column": "sentence", "label_column": "topic", "max_length": 32, "batch_size": 16,
-                "delimiter": ";"}
-    current = OmegaConf.create({"text_column": "text", "label_column": "label", "max_length": 128,
-                                "batch_size": 32, "delimiter": None, "eval_batch_size": None})
-    settings = inference.data_settings(exported, current, set())
-    assert (settings["text_column"], settings["label_column"], settings["max_length"], settings["delimiter"]) == (
-        "sentence", "topic", 32, ";")
-    settings = inference.data_settings(exported, current, {"text_column", "max_length"})
-    assert (settings["text_column"], settings["max_length"], settings["label_column"]) == ("text", 128, "topic")
-
-
-def _settings(**kw):
-    return {"text_column": "text", "label_column": "label", "delimiter": None, "max_length": 32, "batch_size": 4,
-            "eval_batch_size": None, "drop_missing_labels": False, **kw}
-
-
-def test_rows_are_read_with_ids_and_a_missing_column_is_named(tmp_path):
-    path = tmp_path / "new.csv"
-    path.write_text('id,text\nx7,"a cat, a dog"\nx9,\n')
-    rows = inference.read_rows("predict", [str(path)], _settings(), str(tmp_path / "c"), None)
-    assert rows["id"] == ["x7", "x9"] and rows["text"] == ["a cat, a dog", ""]  # every row kept
-    no_ids = tmp_path / "plain.jsonl"
-    no_ids.write_text('{"text": "a"}\n{"text": "b"}\n')
-    assert inference.read_rows("predict", [str(no_ids)], _settings(), str(tmp_path / "c"), None)["id"] == [0, 1]
-    wrong = tmp_path / "wrong.csv"
-    wrong.write_text("sentence,label\nhello,animals\n")
-    with pytest.raises(DataError) as err:
-        inference.read_rows("predict", [str(wrong)], _settings(), str(tmp_path / "c"), None)
-    assert f"{str(wrong)!r} has no column 'text' (its columns: ['sentence', 'label'])" in str(err.value)
+def test_the_data_module_is_the_exports_with_the_command_line_winning():
+    meta = {"data_config": {"_target_": "headstart.data.text_classification.TextClassificationDataModule",
+                            "train_files": ["/runs/train.csv"], "text_column": "sentence", "label_column": "topic",
+                            "max_length": 32, "batch_size": 16, "delimiter": ";", "cache_dir": "/old/cache"}}
+    current = OmegaConf.create({"text_column": "text", "label_column": "label", "max_length": 128, "batch_size": 32,
+                                "delimiter": None, "predict_files": ["new.csv"], "tokens_column": "words"})
+    config = inference.new_data_config(meta, current, set(), "/new/cache")
+    assert config == {**meta["data_config"], "cache_dir": "/new/cache"}
+    config = inference.new_data_config(meta, current, {"text_column", "max_length", "predict_files"}, "/c")
+    assert (config["text_column"], config["max_length"], config["label_column"]) == ("text", 128, "topic")
+    assert "predict_files" not in config  # what to read comes from the command line, not the export
+    with pytest.raises(ConfigError, match="data.tokens_column is not a setting of the data the model was fine-tuned "
+                                          "on .*TextClassificationDataModule.*; its settings: train_files, text_column"):
+        inference.new_data_config(meta, current, {"tokens_column"}, "/c")
+    with pytest.raises(CheckpointError, match="records no data config"):
+        inference.new_data_config({}, current, set(), "/c")
 
 
 def test_prediction_files(tmp_path):
-    rows = {"id": [0, "b"], "file": ["f", "f"], "text": ["x", "y"]}
+    from headstart.data.new_rows import NewRows
+
+    rows = NewRows(ids=[0, "b"], files=["f", "g"], shown=[{}, {}])
     preds = [{"label": "a", "probabilities": {"a": 0.75, "b,c": 0.25}},
              {"label": "b,c", "probabilities": {"a": 0.25, "b,c": 0.75}}]
-    jsonl, table = inference.write_predictions(tmp_path, rows, preds, several_files=False)
+    jsonl, table = inference.write_predictions(tmp_path, inference.prediction_records(rows, preds, False))
     assert [json.loads(line) for line in jsonl.read_text().splitlines()] == [
         {"id": 0, **preds[0]}, {"id": "b", **preds[1]}]
     with open(table) as f:
         assert list(csv.DictReader(f)) == [{"id": "0", "label": "a", "prob_a": "0.75", "prob_b,c": "0.25"},
                                            {"id": "b", "label": "b,c", "prob_a": "0.25", "prob_b,c": "0.75"}]
-    _, table = inference.write_predictions(tmp_path, rows, [{"prediction": [1.5, 2.0]}, {"prediction": [0.0, 1.0]}],
-                                           several_files=True)
+    records = inference.prediction_records(rows, [{"prediction": [1.5, 2.0]}, {"prediction": [0.0, 1.0]}], True)
+    _, table = inference.write_predictions(tmp_path, records)
     with open(table) as f:
         assert next(csv.DictReader(f)) == {"id": "0", "file": "f", "prediction_0": "1.5", "prediction_1": "2.0"}
+
+
+def test_tagged_predictions_name_their_entities(tmp_path, caplog):
+    from headstart.data.new_rows import NewRows
+
+    words = ["ada", "lovelace", "met", "charles", "babbage", "in", "london"]
+    rows = NewRows(ids=[3], files=["f"], shown=[{"words": words}])
+    # max_length cut the row after five words: the last two have no tag.
+    tags = ["B-PER", "I-PER", "O", "B-PER", "I-PER"]
+    with caplog.at_level("WARNING"):
+        [record] = inference.prediction_records(rows, [{"tags": tags, "scores": [0.9] * 5}], False)
+    assert record == {"id": 3, "words": words, "tags": [*tags, None, None], "scores": [0.9] * 5 + [None, None],
+                      "entities": [{"type": "PER", "start": 0, "end": 2, "text": "ada lovelace"},
+                                   {"type": "PER", "start": 3, "end": 5, "text": "charles babbage"}]}
+    assert "1 rows have more words than fit in data.max_length" in caplog.text
+    _, table = inference.write_predictions(tmp_path, [record])
+    with open(table) as f:
+        row = next(csv.DictReader(f))
+    assert row["tags"] == "B-PER I-PER O B-PER I-PER - -" and row["words"] == " ".join(words)
+    assert json.loads(row["entities"])[1]["text"] == "charles babbage"
 
 
 # -- end to end through train.py -----------------------------------------------------------------------------

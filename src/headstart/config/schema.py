@@ -408,6 +408,8 @@ class ImageDataConfig(LabelAmountFields, group="schema/data", name="image"):
     train_dir: str | None = None
     val_dir: str | None = None
     test_dir: str | None = None
+    # Images for mode=predict: image files, or folders whose image files (at any depth) are labelled.
+    predict_files: list[str] = field(default_factory=list)
     val_fraction: float = 0.1
     # A directory with a preprocessor_config.json whose preprocessing to use (a model's or export's
     # preprocessing wins over it and over the settings below).

@@ -29,6 +29,7 @@ import torch
 
 from headstart.config.schema import QuestionAnsweringDataConfig
 from headstart.data import files
+from headstart.data.new_rows import check_new_columns
 from headstart.data.subsets import LabelAmount, column_array, random_subset_indices
 from headstart.data.text_base import TextDataModule
 from headstart.errors import ConfigError, DataError
@@ -66,6 +67,65 @@ def answer_positions(offsets: list[tuple[int, int]], start_char: int, end_char: 
     start = max(i for i in context if offsets[i][0] <= start_char)
     end = min(i for i in context if offsets[i][1] >= end_char)
     return start, end
+
+
+def check_question_lengths(tokenizer, questions: list[str], max_length: int, doc_stride: int, split: str) -> None:
+    """Every window must hold more than ``doc_stride`` context tokens after the question and the
+    special tokens (the tokenizer would otherwise abort the process)."""
+    specials = tokenizer.num_special_tokens_to_add(pair=True)
+    lengths = [len(ids) for ids in tokenizer(questions, add_special_tokens=False)["input_ids"]]
+    longest = max(range(len(lengths)), key=lengths.__getitem__)
+    room = max_length - specials - lengths[longest]
+    if room <= doc_stride:
+        raise DataError(
+            f"The longest question of the {split} split ({lengths[longest]} tokens: {questions[longest][:80]!r}) "
+            f"leaves {max(room, 0)} context tokens in a window of data.max_length={max_length} ({specials} special "
+            f"tokens), and a window must hold more than data.doc_stride={doc_stride}. Raise data.max_length, lower "
+            "data.doc_stride or shorten that question."
+        )
+
+
+def encode_questions(batch: dict[str, list], indices: list[int], tokenizer, max_length: int, doc_stride: int,
+                     per_example: bool) -> dict[str, list]:
+    """Tokenize ``question``/``context`` pairs into windows of ``max_length`` tokens that overlap by
+    ``doc_stride``, each with the answer's first and last token (the CLS token when the answer is not
+    wholly inside it, or when the row has no answer: ``answer_texts`` empty, as for prediction).
+
+    ``per_example`` false (training): a row per window, with its example's id. True (evaluation and
+    prediction): a row per example holding all its windows, the tokens' character offsets into the
+    context, the context and the gold answer texts."""
+    tok = tokenizer
+    enc = tok(batch["question"], batch["context"], truncation="only_second", max_length=max_length,
+              stride=doc_stride, return_overflowing_tokens=True, return_offsets_mapping=True,
+              return_token_type_ids=True)
+    keys = [k for k in WINDOW_KEYS[:3] if k in enc]
+    windows: dict[str, list] = {k: [] for k in (*keys, "start_positions", "end_positions", "offset_mapping", "example")}
+    for w, example in enumerate(enc["overflow_to_sample_mapping"]):
+        ids = enc["input_ids"][w]
+        cls_index = ids.index(tok.cls_token_id) if tok.cls_token_id in ids else 0
+        offsets = [tuple(o) if s == 1 else NO_OFFSET for o, s in zip(enc["offset_mapping"][w],
+                                                                        enc.sequence_ids(w), strict=True)]
+        start, end = cls_index, cls_index
+        if batch["answer_texts"][example]:
+            start_char = batch["answer_starts"][example][0]
+            end_char = start_char + len(batch["answer_texts"][example][0])
+            start, end = answer_positions(offsets, start_char, end_char, cls_index)
+        for k in keys:
+            windows[k].append(enc[k][w])
+        windows["start_positions"].append(start)
+        windows["end_positions"].append(end)
+        windows["offset_mapping"].append([list(o) for o in offsets])
+        windows["example"].append(example)
+    if not per_example:  # training: a row a window, its example's id kept for label_fraction
+        out = {k: windows[k] for k in (*keys, "start_positions", "end_positions")}
+        out["example_id"] = [indices[e] for e in windows["example"]]
+        return out
+    out = {k: [[] for _ in indices] for k in (*keys, "start_positions", "end_positions", "offset_mapping")}
+    for w, example in enumerate(windows["example"]):
+        for k in out:
+            out[k][example].append(windows[k][w])
+    out.update(example_id=list(indices), context=batch["context"], answers=batch["answer_texts"])
+    return out
 
 
 class QuestionAnsweringDataModule(TextDataModule):
@@ -134,20 +194,23 @@ class QuestionAnsweringDataModule(TextDataModule):
             )
         out: dict[str, list] = {"context": [], "question": [], "answer_texts": [], "answer_starts": [], "text": []}
         for row_number, row in enumerate(ds, start=1):
-            where = f"data.{split}_files: row {row_number} of {path!r}"
-            context, question = row[self.context_column], row[self.question_column]
-            for name, value in ((self.context_column, context), (self.question_column, question)):
-                if not isinstance(value, str) or not value.strip():
-                    raise DataError(f"{where} has {name!r} = {value!r}; every row needs a non-empty context and question.")
-            texts, starts = self._answers_of(row, nested, where)
-            for text, start in zip(texts, starts, strict=True):
-                check_answer(context, text, start, where)
-            out["context"].append(context)
-            out["question"].append(question)
-            out["answer_texts"].append(texts)
-            out["answer_starts"].append(starts)
-            out["text"].append(f"{question}\n{context}")
+            record = self._parse_row(row, nested, f"data.{split}_files: row {row_number} of {path!r}")
+            for key, value in record.items():
+                out[key].append(value)
+            out["text"].append(f"{record['question']}\n{record['context']}")
         return out
+
+    def _parse_row(self, row: dict[str, Any], nested: bool | None, where: str) -> dict[str, Any]:
+        """A row's context, question and gold answers (checked to be where they say), or no answers when
+        ``nested`` is None (a row to predict on)."""
+        context, question = row[self.context_column], row[self.question_column]
+        for name, value in ((self.context_column, context), (self.question_column, question)):
+            if not isinstance(value, str) or not value.strip():
+                raise DataError(f"{where} has {name!r} = {value!r}; every row needs a non-empty context and question.")
+        texts, starts = self._answers_of(row, nested, where) if nested is not None else ([], [])
+        for text, start in zip(texts, starts, strict=True):
+            check_answer(context, text, start, where)
+        return {"context": context, "question": question, "answer_texts": texts, "answer_starts": starts}
 
     def _load_raw(self, split_files: dict[str, list[str]]):
         return self._load_rows(split_files, self._read_file, "a context, a question and the answer's span")
@@ -166,68 +229,43 @@ class QuestionAnsweringDataModule(TextDataModule):
                             self.answer_text_column, self.answer_start_column],
                 "doc_stride": self.doc_stride, "layout": "qa-v1"}
 
-    def _check_question_lengths(self, raw) -> None:
-        """Every window must hold more than ``doc_stride`` context tokens after the question and the
-        special tokens (the tokenizer would otherwise abort the process)."""
-        tok = self.tokenizer
-        specials = tok.num_special_tokens_to_add(pair=True)
-        for split, ds in raw.items():
-            lengths = [len(ids) for ids in tok(list(ds["question"]), add_special_tokens=False)["input_ids"]]
-            longest = max(range(len(lengths)), key=lengths.__getitem__)
-            room = self.max_length - specials - lengths[longest]
-            if room <= self.doc_stride:
-                raise DataError(
-                    f"The longest question of the {split} split ({lengths[longest]} tokens: "
-                    f"{ds[longest]['question'][:80]!r}) leaves {max(room, 0)} context tokens in a window of "
-                    f"data.max_length={self.max_length} ({specials} special tokens), and a window must hold more than "
-                    f"data.doc_stride={self.doc_stride}. Raise data.max_length, lower data.doc_stride or shorten "
-                    "that question."
-                )
-
     def _tokenize(self, raw):
         import datasets
 
-        self._check_question_lengths(raw)
-        tok = self.tokenizer
-
-        def encode(batch, indices, per_example: bool):
-            enc = tok(batch["question"], batch["context"], truncation="only_second", max_length=self.max_length,
-                      stride=self.doc_stride, return_overflowing_tokens=True, return_offsets_mapping=True,
-                      return_token_type_ids=True)
-            keys = [k for k in WINDOW_KEYS[:3] if k in enc]
-            windows: dict[str, list] = {k: [] for k in (*keys, "start_positions", "end_positions",
-                                                         "offset_mapping", "example")}
-            for w, example in enumerate(enc["overflow_to_sample_mapping"]):
-                ids = enc["input_ids"][w]
-                cls_index = ids.index(tok.cls_token_id) if tok.cls_token_id in ids else 0
-                offsets = [tuple(o) if s == 1 else NO_OFFSET for o, s in zip(enc["offset_mapping"][w],
-                                                                                enc.sequence_ids(w), strict=True)]
-                start_char = batch["answer_starts"][example][0]
-                end_char = start_char + len(batch["answer_texts"][example][0])
-                start, end = answer_positions(offsets, start_char, end_char, cls_index)
-                for k in keys:
-                    windows[k].append(enc[k][w])
-                windows["start_positions"].append(start)
-                windows["end_positions"].append(end)
-                windows["offset_mapping"].append([list(o) for o in offsets])
-                windows["example"].append(example)
-            if not per_example:  # training: a row a window, its example's id kept for label_fraction
-                out = {k: windows[k] for k in (*keys, "start_positions", "end_positions")}
-                out["example_id"] = [indices[e] for e in windows["example"]]
-                return out
-            out = {k: [[] for _ in indices] for k in (*keys, "start_positions", "end_positions", "offset_mapping")}
-            for w, example in enumerate(windows["example"]):
-                for k in out:
-                    out[k][example].append(windows[k][w])
-            out.update(example_id=list(indices), context=batch["context"], answers=batch["answer_texts"])
-            return out
-
+        for split, ds in raw.items():
+            check_question_lengths(self.tokenizer, list(ds["question"]), self.max_length, self.doc_stride, split)
         return datasets.DatasetDict({
-            split: ds.map(encode, batched=True, with_indices=True, remove_columns=ds.column_names,
-                          fn_kwargs={"per_example": split != "train"}, num_proc=self.num_proc,
-                          desc=f"tokenize {split}")
+            split: ds.map(encode_questions, batched=True, with_indices=True, remove_columns=ds.column_names,
+                          fn_kwargs={"tokenizer": self.tokenizer, "max_length": self.max_length,
+                                     "doc_stride": self.doc_stride, "per_example": split != "train"},
+                          num_proc=self.num_proc, desc=f"tokenize {split}")
             for split, ds in raw.items()
         })
+
+    # -- new data for a fine-tuned model ----------------------------------------------------------
+    new_rows_hold = "a context and a question"
+
+    def _new_records(self, split, path, builder, ds, labelled):
+        """A row's context and question and, when ``labelled``, its gold answers."""
+        columns = ds.column_names
+        nested = self.answers_column in columns if labelled else None
+        answers = ({self.answers_column: "answers_column"} if nested else
+                   {self.answer_text_column: "answer_text_column", self.answer_start_column: "answer_start_column"})
+        check_new_columns(split, path, columns, {self.context_column: "context_column",
+                                                 self.question_column: "question_column",
+                                                 **(answers if labelled else {})})
+        for index, row in enumerate(ds):
+            yield index, self._parse_row(row, nested, f"data.{split}_files: row {index + 1} of {path!r}"), None
+
+    def _new_examples(self, records, labelled):
+        """Each question with all its windows (one example), as the evaluation splits are encoded."""
+        questions = [r["question"] for r in records]
+        check_question_lengths(self.tokenizer, questions, self.max_length, self.doc_stride,
+                               "test" if labelled else "predict")
+        batch = {key: [r[key] for r in records] for key in ("question", "context", "answer_texts", "answer_starts")}
+        encoded = encode_questions(batch, list(range(len(records))), self.tokenizer, self.max_length, self.doc_stride,
+                                   per_example=True)
+        return [{key: values[i] for key, values in encoded.items()} for i in range(len(records))]
 
     def prepare(self, tokenizer_source: str | None = None) -> None:
         super().prepare(tokenizer_source)

@@ -19,6 +19,7 @@ import lightning.pytorch as pl
 from headstart.config.schema import TextDataConfig
 from headstart.data import builtin, files
 from headstart.data.loaders import SplitLoaders
+from headstart.data.new_rows import NewRows, no_rows
 from headstart.data.tokenizer import load_tokenizer, tokenizer_fingerprint, train_tokenizer
 from headstart.errors import ConfigError, DataError
 
@@ -224,6 +225,47 @@ class TextDataModule(SplitLoaders, pl.LightningDataModule):
 
     def set_collator(self, collator) -> None:
         self.collator = collator
+
+    # -- new data for a fine-tuned model (mode=predict / evaluate) ----------------------------
+    def bind_model(self, processor, task_kwargs: dict[str, Any]) -> None:
+        """Read new rows as the fine-tuned model was trained to: with its tokenizer, and the labels
+        (``label_names``) or number of targets its data module gave it, not ones derived from files."""
+        self.tokenizer = processor
+        self.tokenizer.model_max_length = self.max_length
+        for name in ("label_names", "num_targets"):
+            if name in task_kwargs:
+                setattr(self, name, task_kwargs[name])
+
+    def read_new_rows(self, split: str, paths: list[str], labelled: bool) -> NewRows:
+        """Every row of ``paths`` as model inputs, read and tokenized as training reads its splits;
+        with ``labels`` when ``labelled`` (evaluation), which also skips the rows training skips."""
+        from headstart.data.new_rows import row_ids
+
+        rows = NewRows()
+        cache_dir = os.path.join(self.cache_dir, "hf_datasets")
+        for path in paths:
+            builder = files.check_files(split, [path])
+            ds = files.read_dataset(split, [path], builder, cache_dir, self.delimiter)
+            ids = row_ids(ds)
+            for index, record, shown in self._new_records(split, path, builder, ds, labelled):
+                rows.add(ids[index], path, record, shown)
+        if not rows:
+            raise no_rows(split, paths, self.new_rows_hold)
+        rows.examples = self._new_examples(rows.records, labelled)
+        self.tokenizer.backend_tokenizer.no_truncation()  # as after tokenizing training data
+        return rows
+
+    #: What a row holds, for the error on files without any.
+    new_rows_hold = "text"
+
+    def _new_records(self, split: str, path: str, builder: str, ds, labelled: bool):
+        """``(index, record, shown)`` for each row of one file to keep: the row as ``_new_examples``
+        encodes it, and what the predictions repeat of it."""
+        raise NotImplementedError(f"{type(self).__name__} does not read new rows for a fine-tuned model")
+
+    def _new_examples(self, records: list[dict[str, Any]], labelled: bool) -> list[dict[str, Any]]:
+        """The model inputs of the records (a list of examples for the task's collator)."""
+        raise NotImplementedError(f"{type(self).__name__} does not read new rows for a fine-tuned model")
 
 
 def _hash(obj: Any) -> str:

@@ -7,6 +7,7 @@ import os
 
 from headstart.config.schema import TextClassificationDataConfig
 from headstart.data import files, overlap
+from headstart.data.new_rows import check_new_columns
 from headstart.data.subsets import LabelAmount
 from headstart.data.text_base import TextDataModule
 from headstart.errors import DataError
@@ -137,6 +138,45 @@ class TextClassificationDataModule(TextDataModule):
     def prepare(self, tokenizer_source: str | None = None) -> None:
         super().prepare(tokenizer_source)
         self.datasets["train"] = self.label_amount.subset(self.datasets["train"], self.seed, stratify_by="labels")
+
+    # -- new data for a fine-tuned model ----------------------------------------------------------
+    def _new_records(self, split, path, builder, ds, labelled):
+        """One text a row (a .txt file's lines, or the text column) and, when ``labelled``, its label.
+        Prediction keeps every row; evaluation skips rows without text, as training does."""
+        column, label_column = ("text" if builder == "text" else self.text_column), self.label_column
+        check_new_columns(split, path, ds.column_names,
+                          {column: "text_column", **({label_column: "label_column"} if labelled else {})})
+        labels = ds[label_column] if labelled else [None] * len(ds)
+        for index, (text, label) in enumerate(zip(ds[column], labels, strict=True)):
+            has_text = isinstance(text, str) and text.strip() != ""
+            record = {"text": text if isinstance(text, str) else "" if text is None else str(text)}
+            if labelled:
+                where = f"data.{split}_files: {path!r} row {index + 1} (text {record['text'][:50]!r})"
+                if not has_text:
+                    continue
+                if label is None:
+                    if self.drop_missing_labels:
+                        continue
+                    raise DataError(f"{where} has no {label_column!r}; give every row a label, or drop the "
+                                    "unlabelled ones with data.drop_missing_labels=true.")
+                record["labels"] = self._new_label(label, where)
+            yield index, record, None
+
+    def _new_label(self, value, where: str):
+        """A row's label as the head takes it: the id of a label the model knows."""
+        if str(value) not in self.label_names:
+            raise DataError(f"{where} has {self.label_column!r} = {value!r}, a label the model was not trained on "
+                            f"(its labels: {self.label_names[:20]}). Drop those rows, or fine-tune a model that knows "
+                            "the label.")
+        return self.label_names.index(str(value))
+
+    def _new_examples(self, records, labelled):
+        encoded = self.tokenizer([r["text"] for r in records], truncation=True, max_length=self.max_length)
+        examples = [{k: encoded[k][i] for k in encoded} for i in range(len(records))]
+        for example, record in zip(examples, records, strict=True):
+            if labelled:
+                example["labels"] = record["labels"]
+        return examples
 
     def task_kwargs(self):
         return {"num_labels": len(self.label_names), "label_names": list(self.label_names)}

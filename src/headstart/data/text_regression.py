@@ -79,6 +79,15 @@ class TextRegressionDataModule(TextClassificationDataModule):
         # A correlation needs two rows.
         self.datasets["train"] = self.label_amount.subset(self.datasets["train"], self.seed, minimum=2)
 
+    def _new_label(self, value, where: str):
+        """A row's target(s) as the head takes them: as many numbers as the model predicts."""
+        target = parse_target(value)
+        if target is None or len(target) != self.num_targets:
+            raise DataError(f"{where} has {self.label_column!r} = {value!r}, where the model predicts "
+                            f"{self.num_targets} number(s). Give every row a finite number (or a list of "
+                            f"{self.num_targets}).")
+        return target[0] if self.num_targets == 1 else target
+
     def task_kwargs(self):
         return {"num_targets": self.num_targets, "target_mean": list(self.target_mean),
                 "target_std": list(self.target_std)}

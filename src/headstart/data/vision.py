@@ -24,6 +24,7 @@ from torch.utils.data import Dataset
 
 from headstart.config.schema import ImageDataConfig
 from headstart.data.loaders import SplitLoaders
+from headstart.data.new_rows import NewRows, no_rows
 from headstart.data.subsets import LabelAmount
 from headstart.errors import ConfigError, DataError, did_you_mean
 
@@ -238,17 +239,18 @@ class _ProcessedImages(Dataset):
 
 
 class _ImageFiles(Dataset):
-    """Image files, read and processed when a batch asks for them."""
+    """Image files, read and processed when a batch asks for them (``labels`` None: images to predict)."""
 
-    def __init__(self, files: list[Path], labels: torch.Tensor, processor: ImageProcessor) -> None:
+    def __init__(self, files: list[Path], labels: torch.Tensor | None, processor: ImageProcessor) -> None:
         self.files, self.labels, self.processor = files, labels, processor
 
     def __len__(self) -> int:
-        return len(self.labels)
+        return len(self.files)
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
-        image = read_image(self.files[i], self.processor.num_channels)
-        return {"pixel_values": self.processor(image), "labels": self.labels[i]}
+        pixel_values = self.processor(read_image(self.files[i], self.processor.num_channels))
+        return {"pixel_values": pixel_values} if self.labels is None else {"pixel_values": pixel_values,
+                                                                           "labels": self.labels[i]}
 
 
 # -- the data module ------------------------------------------------------------------------------
@@ -263,6 +265,7 @@ class ImageDataModule(SplitLoaders, pl.LightningDataModule):
         train_dir: str | None = None,
         val_dir: str | None = None,
         test_dir: str | None = None,
+        predict_files: list[str] | None = None,
         val_fraction: float = ImageDataConfig.val_fraction,
         processor: str | None = None,
         image_size: int = ImageDataConfig.image_size,
@@ -301,6 +304,7 @@ class ImageDataModule(SplitLoaders, pl.LightningDataModule):
             raise ConfigError(f"data.image_std={list(image_std)} must be positive.")
         self.builtin = builtin
         self.dirs = {"train": ("train_dir", train_dir), "validation": ("val_dir", val_dir), "test": ("test_dir", test_dir)}
+        self.predict_files = list(predict_files or [])  # read by mode=predict (headstart.pipeline.inference)
         self.val_fraction = val_fraction
         self.processor_path = processor
         self.image_size = image_size
@@ -374,6 +378,46 @@ class ImageDataModule(SplitLoaders, pl.LightningDataModule):
 
     def task_kwargs(self) -> dict[str, Any]:
         return {"num_labels": len(self.label_names), "label_names": list(self.label_names)}
+
+    # -- new images for a fine-tuned model (mode=predict / evaluate) --------------------------------
+    def bind_model(self, processor: ImageProcessor, task_kwargs: dict[str, Any]) -> None:
+        """Read new images as the fine-tuned model was trained to: its processor and its classes."""
+        self._processor = processor
+        self.label_names = list(task_kwargs.get("label_names") or [])
+
+    def read_new_rows(self, split: str, paths: list[str], labelled: bool) -> NewRows:
+        """Images to predict (image files, or every image file under a folder; the id is the file's path
+        relative to the folder), or to evaluate on (folders with one subfolder per class, named as the
+        model's classes)."""
+        rows, labels = NewRows(), []
+        for path in paths:
+            root = Path(path)
+            if labelled:
+                label_ids = {name: i for i, name in enumerate(self.label_names)}
+                classes = _list_folder(path, f"{split}_files")
+                unknown = sorted(name for name, found in classes.items() if found and name not in label_ids)
+                if unknown:
+                    raise DataError(f"data.{split}_files: {path!r} has class folders {unknown[:5]} the model was not "
+                                    f"trained on (its classes: {self.label_names[:10]}). Remove them, or fine-tune a "
+                                    "model that knows them.")
+                found = [(file, label_ids[name]) for name, files in classes.items() for file in files]
+            elif root.is_dir():
+                extensions = _image_extensions()
+                found = [(file, None) for file in sorted(root.rglob("*")) if file.is_file()
+                         and file.suffix.lower() in extensions and not file.name.startswith(".")]
+            elif root.is_file():
+                found = [(root, None)]
+            else:
+                raise DataError(f"data.{split}_files: {path!r} does not exist. Give image files, or folders of them.")
+            _check_readable([file for file, _ in found])
+            for file, label in found:
+                rows.add(str(file.relative_to(root)) if root.is_dir() else str(file), path, {"file": file})
+                labels.append(label)
+        if not rows:
+            raise no_rows(split, paths, "images")
+        rows.examples = _ImageFiles([r["file"] for r in rows.records],
+                                    torch.tensor(labels, dtype=torch.long) if labelled else None, self._processor)
+        return rows
 
 
 def _channel_stats(train: _Split, processor: ImageProcessor) -> tuple[list[float], list[float]]:

@@ -35,6 +35,13 @@ class Classifier(SupervisedHead):
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         return self.head(self.features(batch))
 
+    def predictions(self, batch):
+        """The most probable label and every label's probability."""
+        probabilities = self(batch).float().softmax(-1)
+        names = list(self.label_names or [str(i) for i in range(probabilities.size(-1))])
+        return [{"label": names[int(p.argmax())], "probabilities": dict(zip(names, p.tolist(), strict=True))}
+                for p in probabilities]
+
     def step(self, batch):
         logits, labels = self(batch), batch["labels"]
         return F.cross_entropy(logits, labels), logits.argmax(-1), labels, labels.size(0)

@@ -100,15 +100,22 @@ class QuestionAnswering(SupervisedHead):
     def hf_outputs(self, batch):
         return self(batch)
 
+    def answers(self, start: torch.Tensor, end: torch.Tensor, batch) -> list[dict]:
+        """Each example's answer from its windows' logits: the text and its character span ``[start, end)``
+        in the context (None when no window holds a valid span; the text is then empty)."""
+        spans = best_spans(start, end, batch["offset_mapping"], batch["example_index"], len(batch["contexts"]),
+                           self.n_best, self.max_answer_length)
+        return [{"answer": context[span[0]:span[1]].strip() if span else "",
+                 "start": span[0] if span else None, "end": span[1] if span else None}
+                for context, span in zip(batch["contexts"], spans, strict=True)]
+
+    def predictions(self, batch):
+        return self.answers(*self(batch), batch)
+
     def step(self, batch):
         start, end = self(batch)
         loss = (F.cross_entropy(start, batch["start_positions"]) + F.cross_entropy(end, batch["end_positions"])) / 2
         windows = start.size(0)
         if "offset_mapping" not in batch:  # a training batch: windows only, nothing to decode
             return loss, None, None, windows
-        contexts = batch["contexts"]
-        spans = best_spans(start, end, batch["offset_mapping"], batch["example_index"], len(contexts),
-                           self.n_best, self.max_answer_length)
-        predictions = [context[span[0]:span[1]].strip() if span else "" for context, span in
-                       zip(contexts, spans, strict=True)]
-        return loss, predictions, batch["answers"], windows
+        return loss, [a["answer"] for a in self.answers(start, end, batch)], batch["answers"], windows

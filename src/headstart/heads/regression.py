@@ -74,6 +74,10 @@ class Regressor(SupervisedHead):
     def hf_outputs(self, batch):
         return (self.unscale(self(batch)),)
 
+    def predictions(self, batch):
+        """The value, or the list of values, in the data's units."""
+        return [{"prediction": v[0] if self.num_targets == 1 else v} for v in self.unscale(self(batch)).tolist()]
+
     def _loss(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         scaled = (targets - self.target_mean) / self.target_std
         outputs = outputs.float()

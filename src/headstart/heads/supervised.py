@@ -55,6 +55,15 @@ class SupervisedHead(HeadstartModule):
     def test_step(self, batch, batch_idx):
         self._eval_step(batch, "test", self.test_metrics)
 
+    def predict_step(self, batch, batch_idx):
+        """mode=predict: the batch's predictions, one record per example (:meth:`predictions`)."""
+        return self.predictions(batch)
+
+    def predictions(self, batch: dict[str, Any]) -> list[dict[str, Any]]:
+        """Each example's prediction as plain values (label names, probabilities, spans, numbers in the
+        data's units), in the batch's order: what ``predictions.jsonl`` holds."""
+        raise NotImplementedError
+
     def on_validation_epoch_end(self):
         self.log_dict(self.metric_values(self.val_metrics.compute()), sync_dist=True, prog_bar=True)
         self.val_metrics.reset()

@@ -51,6 +51,16 @@ class TokenClassifier(SupervisedHead):
         inputs = encoder_inputs(batch)
         return self.head(self.net(**inputs).last_hidden_state)
 
+    def predictions(self, batch):
+        """Each word's tag and its probability, read at the positions ``labels`` marks (a word's first
+        sub-token; see :func:`headstart.data.token_classification.align_labels`)."""
+        probabilities = self(batch).float().softmax(-1)
+        out = []
+        for row, marked in zip(probabilities, batch["labels"] != IGNORE_INDEX, strict=True):
+            scores, ids = row[marked].max(-1)
+            out.append({"tags": [self.label_names[i] for i in ids.tolist()], "scores": scores.tolist()})
+        return out
+
     def step(self, batch):
         logits, labels = self(batch), batch["labels"]
         loss = F.cross_entropy(logits.flatten(0, 1), labels.flatten(), ignore_index=IGNORE_INDEX)

@@ -5,11 +5,14 @@ every row of the files and writes ``predictions.jsonl`` and ``predictions.csv`` 
 ``mode=evaluate ... data.test_files=[labelled.csv]`` scores the model on a labelled file with the
 head's own test metrics (``test/...``) and writes them to ``results.json``.
 
-The rows are read and tokenized as the fine-tuning run read its data: its ``data_config`` (text and
-label columns, delimiter, max_length, batch size) from the export's ``headstart_export.json``, the
-export's tokenizer, the module's collator; Lightning's Trainer (the config's precision and devices)
-runs the batches. Settings given on the command line (``data.text_column=...``) win over the export's.
-Text heads that read one text per row are supported: sequence classification and regression.
+The fine-tuning run's own data module reads the rows (:mod:`headstart.data.new_rows`): built from the
+``data_config`` its export records (columns, delimiter, max_length, batch size, doc_stride, ...), with
+the export's tokenizer or image processor and its labels, and the module's collator; Lightning's
+Trainer (the config's precision and devices) runs the batches. Data settings given on the command line
+(``data.text_column=...``) win over the export's. Every head predicts: a label and its probabilities
+(sequence and image classification), values in the data's units (regression), a tag a word and the
+entities (token classification), an answer span (question answering); a multi-task run's tasks one
+export at a time.
 """
 
 from __future__ import annotations
@@ -23,16 +26,16 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from headstart.data.text_regression import parse_target
-from headstart.errors import CheckpointError, ConfigError, DataError
+from headstart.errors import CheckpointError, ConfigError
 
 log = logging.getLogger(__name__)
 
 MODES = ("train", "predict", "evaluate")
-#: Data settings the export's data_config gives, unless the command line sets them.
-DATA_SETTINGS = ("text_column", "label_column", "delimiter", "max_length", "batch_size", "eval_batch_size",
-                 "drop_missing_labels")
-_SUPPORTED = "sequence classification (experiment=text_classification) and regression (experiment=text_regression)"
+#: Data settings that say what to read, not how: taken from the command line, never from the export.
+_WHAT_TO_READ = ("builtin", "train_files", "val_files", "test_files", "predict_files", "train_dir", "val_dir",
+                 "test_dir", "cache_dir", "data_dir", "overlap_files")
+#: What a missing word tag is written as in predictions.csv (null in predictions.jsonl).
+NO_TAG = "-"
 
 
 def check_mode(mode: str) -> None:
@@ -45,29 +48,21 @@ def run_inference(cfg: DictConfig) -> dict[str, float]:
     """Predict or evaluate as ``cfg.mode`` says; return the metrics (none for predict)."""
     from hydra.utils import instantiate
 
-    from headstart.data.tokenizer import load_tokenizer
     from headstart.pipeline.rundir import save_config
     from headstart.transfer.export import load_module_from_export
 
     check_mode(cfg.mode)
     export_dir, meta = head_export(cfg.model.get("init_from"), cfg.mode)
-    settings = data_settings(meta.get("data_config") or {}, cfg.data, _command_line_keys())
     split = "predict" if cfg.mode == "predict" else "test"
-    paths = [str(p) for p in (cfg.data.get(f"{split}_files") or [])]
-    if not paths:
-        example = "data.predict_files=[new.csv]" if split == "predict" else "data.test_files=[labelled.csv]"
-        raise ConfigError(f"mode={cfg.mode} needs the rows to {'label' if split == 'predict' else 'score'}: set "
-                          f"{example} (.csv, .tsv, .jsonl or .parquet with a {settings['text_column']!r} column"
-                          f"{'' if split == 'predict' else ' and a ' + repr(settings['label_column']) + ' column'}).")
+    paths = files_to_read(cfg.data, split, cfg.mode)
     module = load_module_from_export(export_dir)
-    kind = head_kind(module, export_dir)
-    tokenizer = load_tokenizer(str(export_dir))
-    tokenizer.model_max_length = settings["max_length"]
-    cache_dir = str(Path(cfg.paths.cache_dir) / "hf_datasets")
-    rows = read_rows(split, paths, settings, cache_dir, kind if split == "test" else None, module)
-    features = _tokenize(tokenizer, rows, settings["max_length"])
-    loader = torch.utils.data.DataLoader(features, batch_size=settings["eval_batch_size"] or settings["batch_size"],
-                                         shuffle=False, collate_fn=module.build_collator(tokenizer))
+    processor = load_processor(export_dir, module)
+    data_config = new_data_config(meta, cfg.data, _command_line_keys(), str(cfg.paths.cache_dir))
+    datamodule = instantiate(data_config, _convert_="all")
+    datamodule.bind_model(processor, meta.get("task_kwargs") or {})
+    rows = datamodule.read_new_rows(split, paths, labelled=split == "test")
+    loader = torch.utils.data.DataLoader(rows.examples, batch_size=datamodule.eval_batch_size, shuffle=False,
+                                         collate_fn=module.build_collator(processor))
 
     output_dir = Path(cfg.paths.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -75,19 +70,20 @@ def run_inference(cfg: DictConfig) -> dict[str, float]:
     trainer = instantiate(cfg.trainer, logger=False, callbacks=[], enable_checkpointing=False,
                           enable_model_summary=False, default_root_dir=str(output_dir))
     record: dict[str, Any] = {"mode": cfg.mode, "export_dir": str(export_dir.resolve()), "files": paths,
-                              "rows": len(rows["text"]), "data": settings}
+                              "rows": len(rows), "data": data_config}
     if cfg.mode == "predict":
-        outputs = trainer.predict(module, dataloaders=loader)
-        written = write_predictions(output_dir, rows, _decoded(module, kind, outputs), several_files=len(paths) > 1)
+        batches = trainer.predict(module, dataloaders=loader)
+        records = prediction_records(rows, [p for batch in batches or [] for p in batch], several_files=len(paths) > 1)
+        written = write_predictions(output_dir, records)
         record.update(metrics={}, predictions=[str(p) for p in written])
-        print(f"Predictions for {len(rows['text'])} rows: {written[0]} and {written[1]}", flush=True)
+        print(f"Predictions for {len(rows)} rows: {written[0]} and {written[1]}", flush=True)
     else:
         tested = trainer.test(module, dataloaders=loader, verbose=False)
         record["metrics"] = {k: float(v) for k, v in (tested[0] if tested else {}).items()}
-        print(f"Metrics of {export_dir} on {paths} ({len(rows['text'])} rows):", flush=True)
+        print(f"Metrics of {export_dir} on {paths} ({len(rows)} rows):", flush=True)
         for name, value in sorted(record["metrics"].items()):
             print(f"  {name}: {value:.6g}", flush=True)
-    (output_dir / "results.json").write_text(json.dumps(record, indent=2))
+    (output_dir / "results.json").write_text(json.dumps(record, indent=2, default=str))
     log.info("Outputs: %s", output_dir.resolve())
     return record["metrics"]
 
@@ -133,22 +129,32 @@ def _inference_run_export(run_dir: Path) -> Path | None:
     return None
 
 
-def head_kind(module, export_dir: Path) -> str:
-    """``classification`` or ``regression``; other heads are refused, naming what is supported."""
-    from headstart.heads.classification import Classifier
-    from headstart.heads.regression import Regressor
+def load_processor(export_dir: Path, module):
+    """The export's tokenizer, or its image processor for an image model."""
+    if module.hf_task == "image":
+        from headstart.data.vision import ImageProcessor
 
-    if isinstance(module, Regressor):
-        return "regression"
-    if isinstance(module, Classifier) and module.hf_task == "sequence":
-        return "classification"
-    what = {"span": "question answering", "token": "token classification", "image": "image classification"}.get(
-        module.hf_task, type(module).__name__)
-    raise ConfigError(f"{export_dir} is a {what} model; predict and evaluate are not supported for {what} yet, "
-                      f"only for {_SUPPORTED}. Its export loads with transformers (see its README.md).")
+        return ImageProcessor.from_pretrained(export_dir)
+    from headstart.data.tokenizer import load_tokenizer
+
+    return load_tokenizer(str(export_dir))
 
 
 # -- the data ----------------------------------------------------------------------------------------
+def files_to_read(data_cfg: DictConfig, split: str, mode: str) -> list[str]:
+    """``data.predict_files`` or ``data.test_files`` (``data.test_dir`` in an image data config)."""
+    paths = list(data_cfg.get(f"{split}_files") or [])
+    if not paths and split == "test" and data_cfg.get("test_dir"):
+        paths = [data_cfg.test_dir]
+    if not paths:
+        example = "data.predict_files=[new.csv]" if split == "predict" else "data.test_files=[labelled.csv]"
+        raise ConfigError(
+            f"mode={mode} needs the rows to {'label' if split == 'predict' else 'score'}: set {example} (.csv, .tsv, "
+            ".jsonl or .parquet with the columns the model was fine-tuned on, labels too for evaluate; for an image "
+            "model, image files or folders, with one subfolder per class for evaluate).")
+    return [str(p) for p in paths]
+
+
 def _command_line_keys() -> set[str]:
     """The ``data.*`` keys the command line set (they win over the export's data_config)."""
     try:
@@ -160,133 +166,84 @@ def _command_line_keys() -> set[str]:
     return {o.split("=", 1)[0].lstrip("+~").removeprefix("data.") for o in overrides if o.lstrip("+~").startswith("data.")}
 
 
-def data_settings(exported: dict[str, Any], data_cfg: DictConfig, given: set[str]) -> dict[str, Any]:
-    """How the rows are read: the fine-tuning run's data settings, those the command line sets winning."""
-    current = OmegaConf.to_container(data_cfg, resolve=False) if isinstance(data_cfg, DictConfig) else dict(data_cfg)
-    settings = {}
-    for key in DATA_SETTINGS:
-        if key in given and key in current:
-            settings[key] = current[key]
-        elif key in exported:
-            settings[key] = exported[key]
-        else:
-            settings[key] = current.get(key)
-    settings["text_column"] = settings["text_column"] or "text"
-    settings["label_column"] = settings["label_column"] or "label"
-    settings["max_length"] = settings["max_length"] or 128
-    settings["batch_size"] = settings["batch_size"] or 32
-    return settings
-
-
-def read_rows(split: str, paths: list[str], settings: dict[str, Any], cache_dir: str, kind: str | None,
-              module=None) -> dict[str, list]:
-    """Every row of ``paths``: ``text``, ``id`` (the file's id column, else the row's index in its file),
-    ``file`` and, for evaluation (``kind`` given), ``labels`` as the head takes them. Evaluation drops
-    rows without text, as training did; prediction keeps every row."""
-    from headstart.data import files
-
-    text_column, label_column = settings["text_column"], settings["label_column"]
-    rows: dict[str, list] = {"text": [], "id": [], "file": [], **({"labels": []} if kind else {})}
-    label_ids = {name: i for i, name in enumerate(getattr(module, "label_names", None) or [])}
-    for path in paths:
-        builder = files.check_files(split, [path])
-        ds = files.read_dataset(split, [path], builder, cache_dir, settings["delimiter"])
-        column = "text" if builder == "text" else text_column
-        wanted = [column, label_column] if kind else [column]
-        missing = [c for c in wanted if c not in ds.column_names]
-        if missing:
-            raise DataError(
-                f"data.{split}_files: {path!r} has no column {missing[0]!r} (its columns: {ds.column_names}). The model "
-                f"was fine-tuned reading the text from {text_column!r}"
-                f"{' and the label from ' + repr(label_column) if kind else ''}; rename the file's column, or set "
-                f"data.{'text' if missing[0] == column else 'label'}_column=<its name>.")
-        ids = ds["id"] if "id" in ds.column_names else list(range(len(ds)))
-        labels = ds[label_column] if kind else [None] * len(ds)
-        for number, (text, row_id, label) in enumerate(zip(ds[column], ids, labels, strict=True), start=1):
-            has_text = isinstance(text, str) and text.strip() != ""
-            if kind:
-                if not has_text:
-                    continue
-                if label is None:
-                    if settings.get("drop_missing_labels"):
-                        continue
-                    raise DataError(f"data.{split}_files: {path!r} row {number} (text {text[:50]!r}) has no "
-                                    f"{label_column!r}; give every row a label, or drop the unlabelled ones with "
-                                    "data.drop_missing_labels=true.")
-                rows["labels"].append(_label(split, path, number, label, kind, label_ids, label_column, module))
-            rows["text"].append(text if isinstance(text, str) else "" if text is None else str(text))
-            rows["id"].append(row_id)
-            rows["file"].append(path)
-    if not rows["text"]:
-        raise DataError(f"data.{split}_files: {paths} hold no rows with text. Point the config at such data.")
-    return rows
-
-
-def _label(split: str, path: str, number: int, value, kind: str, label_ids: dict[str, int], column: str, module):
-    """A row's label as the head takes it: a class id, or the target(s) as floats."""
-    if kind == "classification":
-        if str(value) not in label_ids:
-            raise DataError(f"data.{split}_files: {path!r} row {number} has {column!r} = {value!r}, a label the model "
-                            f"was not trained on (its labels: {list(label_ids)[:20]}). Drop those rows, or fine-tune "
-                            "a model that knows the label.")
-        return label_ids[str(value)]
-    target = parse_target(value)
-    if target is None or len(target) != module.num_targets:
-        raise DataError(f"data.{split}_files: {path!r} row {number} has {column!r} = {value!r}, where the model "
-                        f"predicts {module.num_targets} number(s). Give every row a finite number (or a list of "
-                        f"{module.num_targets}).")
-    return target[0] if module.num_targets == 1 else target
-
-
-def _tokenize(tokenizer, rows: dict[str, list], max_length: int) -> list[dict[str, Any]]:
-    """The examples as the fine-tuning data module tokenized them (truncated at ``max_length``)."""
-    encoded = tokenizer(rows["text"], truncation=True, max_length=max_length)
-    tokenizer.backend_tokenizer.no_truncation()
-    keys = list(encoded.keys())
-    examples = [{k: encoded[k][i] for k in keys} for i in range(len(rows["text"]))]
-    for example, label in zip(examples, rows.get("labels") or [], strict=False):
-        example["labels"] = label
-    return examples
+def new_data_config(meta: dict[str, Any], data_cfg: DictConfig, given: set[str], cache_dir: str) -> dict[str, Any]:
+    """The fine-tuning run's data config (from the export), with the settings the command line gives
+    winning, and this run's cache: what builds the data module that reads the new rows."""
+    exported = dict(meta.get("data_config") or {})
+    if not exported.get("_target_"):
+        raise CheckpointError("The export records no data config (its headstart_export.json has no data_config "
+                              "with a _target_): it was made by an older headstart. Fine-tune the model again to "
+                              "predict or evaluate with it.")
+    current = OmegaConf.to_container(data_cfg, resolve=True) if isinstance(data_cfg, DictConfig) else dict(data_cfg)
+    for key in sorted(given):
+        if key in _WHAT_TO_READ or key not in current:
+            continue
+        if key not in exported:
+            raise ConfigError(f"data.{key} is not a setting of the data the model was fine-tuned on "
+                              f"({exported['_target_']}); its settings: "
+                              f"{', '.join(k for k in exported if not k.startswith('_'))}.")
+        exported[key] = current[key]
+    if "cache_dir" in exported:
+        exported["cache_dir"] = cache_dir
+    return exported
 
 
 # -- the outputs -------------------------------------------------------------------------------------
-def _decoded(module, kind: str, outputs: list[torch.Tensor]) -> list[dict[str, Any]]:
-    """Each row's prediction: a label and every label's probability, or the value(s) in the data's units."""
-    if not outputs:
-        return []
-    out = torch.cat([o.float().cpu() for o in outputs])
-    if kind == "regression":
-        values = module.unscale(out).tolist()
-        return [{"prediction": v[0] if len(v) == 1 else v} for v in values]
-    names = list(module.label_names or [str(i) for i in range(out.size(-1))])
-    probabilities = out.softmax(-1).tolist()
-    return [{"label": names[max(range(len(p)), key=p.__getitem__)],
-             "probabilities": dict(zip(names, p, strict=True))} for p in probabilities]
-
-
-def write_predictions(output_dir: Path, rows: dict[str, list], predictions: list[dict[str, Any]],
-                      several_files: bool) -> tuple[Path, Path]:
-    """``predictions.jsonl`` (one object a row) and ``predictions.csv`` (probabilities as ``prob_<label>``
-    columns, several targets as ``prediction_<i>``), in the rows' order."""
+def prediction_records(rows, predictions: list[dict[str, Any]], several_files: bool) -> list[dict[str, Any]]:
+    """Each row's id (and file, when there are several), what the predictions repeat of it, and the
+    head's prediction; a tagger's words also get their entities."""
     records = []
     for i, prediction in enumerate(predictions):
-        record = {"id": rows["id"][i], **({"file": rows["file"][i]} if several_files else {}), **prediction}
+        record = {"id": rows.ids[i], **({"file": rows.files[i]} if several_files else {}), **rows.shown[i],
+                  **prediction}
+        if "tags" in record and "words" in record:
+            _with_entities(record)
         records.append(record)
-    jsonl, table = output_dir / "predictions.jsonl", output_dir / "predictions.csv"
-    jsonl.write_text("".join(json.dumps(r) + "\n" for r in records))
-    flat = []
-    for record in records:
-        row = {k: v for k, v in record.items() if k not in ("probabilities", "prediction")}
-        for name, p in (record.get("probabilities") or {}).items():
-            row[f"prob_{name}"] = p
-        value = record.get("prediction")
-        if isinstance(value, list):
+    cut = sum(1 for r in records if None in (r.get("tags") or ()))
+    if cut:
+        log.warning("%d rows have more words than fit in data.max_length tokens; their last words have no tag "
+                    "(null in predictions.jsonl, %r in predictions.csv). Raise data.max_length to tag them.", cut, NO_TAG)
+    return records
+
+
+def _with_entities(record: dict[str, Any]) -> None:
+    """Pad a tagger's tags to every word (None past the model's max_length) and add the entities they
+    mark: type, first word, end (one past the last word) and text."""
+    from headstart.heads.span_f1 import entity_spans
+
+    words, tags = record["words"], record["tags"]
+    missing = len(words) - len(tags)
+    record["entities"] = [{"type": kind, "start": first, "end": last + 1, "text": " ".join(words[first:last + 1])}
+                          for kind, first, last in sorted(entity_spans(tags), key=lambda s: (s[1], s[2]))]
+    record["tags"] = tags + [None] * missing
+    record["scores"] = record["scores"] + [None] * missing
+
+
+def _csv_row(record: dict[str, Any]) -> dict[str, Any]:
+    """A prediction as one table row: probabilities as ``prob_<label>`` columns, several values as
+    ``prediction_<i>``, words and tags space-separated, entities as JSON."""
+    row: dict[str, Any] = {}
+    for key, value in record.items():
+        if key == "probabilities":
+            row.update({f"prob_{name}": p for name, p in value.items()})
+        elif key == "prediction" and isinstance(value, list):
             row.update({f"prediction_{j}": v for j, v in enumerate(value)})
-        elif value is not None:
-            row["prediction"] = value
-        flat.append(row)
+        elif key == "entities":
+            row[key] = json.dumps(value)
+        elif isinstance(value, list):
+            row[key] = " ".join(NO_TAG if v is None else str(v) for v in value)
+        else:
+            row[key] = value
+    return row
+
+
+def write_predictions(output_dir: Path, records: list[dict[str, Any]]) -> tuple[Path, Path]:
+    """``predictions.jsonl`` (one object a row) and ``predictions.csv`` (:func:`_csv_row`), in the rows' order."""
+    jsonl, table = output_dir / "predictions.jsonl", output_dir / "predictions.csv"
+    jsonl.write_text("".join(json.dumps(r, default=str) + "\n" for r in records))
+    flat = [_csv_row(r) for r in records]
     with open(table, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(flat[0]) if flat else ["id"])
+        writer = csv.DictWriter(f, fieldnames=list(dict.fromkeys(k for row in flat for k in row)) or ["id"])
         writer.writeheader()
         writer.writerows(flat)
     return jsonl, table
