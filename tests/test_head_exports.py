@@ -27,6 +27,7 @@ from conftest import (
     TINY_MODEL,
     TOPICS,
     make_sentence,
+    only_run_dir,
     run_train,
     two_at_a_time,
     write_labeled,
@@ -250,6 +251,32 @@ def test_multitask_exports_one_model_per_task(tokenizer, tmp_path):
         assert meta["data"] == ({"examples": {"train": 9}} if name == "ner" else None)
         assert_same_outputs(expected_outputs(load_module_from_export(export), batch, kind),
                             expected_outputs(model.heads[name], batch, kind))
+
+
+def test_qa_export_tokenizer_gives_the_token_types_training_gave(tokenizer, tmp_path):
+    """A QA head reads token types (the context is type 1); a tokenizer trained by headstart does not
+    return them by default, so the export's does, and the auto class then computes what headstart's
+    module computes on the data module's encoding of the same pair."""
+    import transformers
+
+    from headstart.data.question_answering import encode_questions
+
+    module = _moved(_head("qa", _text_spec(TINY_BERT, tokenizer)))
+    assert "token_type_ids" not in tokenizer.model_input_names
+    module.export(str(tmp_path / "export"), tokenizer, {"task_kwargs": {}})
+    loaded = transformers.AutoTokenizer.from_pretrained(str(tmp_path / "export"))
+    question, context = "what is the capital of peru ?", "the capital of peru is lima ."
+    users = loaded(question, context, return_tensors="pt")
+    assert users["token_type_ids"].sum() > 0  # the context is marked
+    ours = encode_questions({"question": [question], "context": [context], "answer_texts": [[]], "answer_starts": [[]]},
+                            [0], tokenizer, 64, 8, per_example=True)
+    assert users["token_type_ids"][0].tolist() == ours["token_type_ids"][0][0]
+    model = _load(tmp_path / "export", "AutoModelForQuestionAnswering", None)
+    with torch.no_grad():
+        out = model(**users)
+    assert_same_outputs(expected_outputs(module, dict(users), "qa"), (out.start_logits, out.end_logits),
+                        users["attention_mask"], qa=True)
+    assert tokenizer.model_input_names == ["input_ids", "attention_mask"]  # the run's own is left alone
 
 
 @pytest.mark.parametrize("kind", ["sequence-mean", "token", "regression"])
@@ -484,7 +511,8 @@ def head_runs(head_data, mlm_run, tmp_path_factory, shared_cache) -> dict[str, P
 
 
 # Run in a fresh process: the export loaded as a user would, with transformers' auto class (after the
-# import the test names), its tokenizer or image processor, and outputs on the given inputs.
+# import the test names), its tokenizer or image processor, and outputs on the given inputs. Questions
+# are split into overlapping windows as transformers' run_qa.py does, with each token's character span.
 CHECK = r"""
 import importlib, json, sys
 import torch, transformers
@@ -495,32 +523,143 @@ if module_to_import:
     importlib.import_module(module_to_import)
 model = getattr(transformers, auto_class).from_pretrained(export).eval()
 inputs = json.loads(inputs)
+extra = {}
 if "images" in inputs:
     from headstart.data.vision import load_image_processor
     processor = load_image_processor(export)
     batch = {"pixel_values": processor(torch.tensor(inputs["images"]))}
 else:
     processor = transformers.AutoTokenizer.from_pretrained(export)
-    batch = dict(processor(*inputs["texts"], padding=True, truncation=True, max_length=32, return_tensors="pt"))
+    if "questions" in inputs:
+        enc = processor(inputs["questions"], inputs["contexts"], truncation="only_second", max_length=inputs["max_length"],
+                        stride=inputs["stride"], return_overflowing_tokens=True, return_offsets_mapping=True,
+                        padding=True, return_tensors="pt")
+        context = torch.tensor([[s == 1 for s in enc.sequence_ids(w)] for w in range(len(enc["input_ids"]))])
+        extra = {"offsets": enc.pop("offset_mapping").masked_fill(~context[..., None], -1),
+                 "window_example": enc.pop("overflow_to_sample_mapping")}
+        batch = dict(enc)
+    elif "words" in inputs:
+        enc = processor(inputs["words"], is_split_into_words=True, padding=True, truncation=True, max_length=32,
+                        return_tensors="pt")
+        extra = {"word_ids": torch.tensor([[-1 if w is None else w for w in enc.word_ids(i)]
+                                           for i in range(len(inputs["words"]))])}
+        batch = dict(enc)
+    else:
+        batch = dict(processor(inputs["texts"], padding=True, truncation=True, max_length=32, return_tensors="pt"))
 with torch.no_grad():
     out = model(**batch)
-save_file({**batch, **{k: v.contiguous() for k, v in out.items() if k.endswith("logits")}}, out_file)
+save_file({**batch, **extra, **{k: v.contiguous() for k, v in out.items() if k.endswith("logits")}}, out_file)
 print(json.dumps({"class": type(model).__name__, "id2label": model.config.id2label, "processor": type(processor).__name__,
                   "problem_type": model.config.problem_type, "headstart": sorted(m for m in sys.modules if "headstart" in m)}))
 """
+EXTRA_KEYS = ("offsets", "window_example", "word_ids")
+N_NEW = 6  # rows of each head's new file
 
 
-def _inputs(kind: str, d: Path, run: str) -> dict:
+def _png(path: Path, pixels: torch.Tensor) -> None:
+    from PIL import Image
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(pixels.squeeze(0).numpy(), mode="L").save(path)
+
+
+def new_inputs(kind: str, d: Path, run: str, directory: Path) -> tuple[Path, dict]:
+    """A file (a folder of images) of new inputs for mode=predict, and the same inputs for CHECK."""
+    directory.mkdir(parents=True, exist_ok=True)
     if kind == "image":
-        gen = torch.Generator().manual_seed(0)
-        return {"images": torch.rand(4, 1, 8, 8, generator=gen).tolist()}
+        pixels = torch.randint(0, 256, (N_NEW, 1, 8, 8), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
+        for i, image in enumerate(pixels):
+            _png(directory / "images" / f"{i}.png", image)
+        return directory / "images", {"images": (pixels.float() / 255).tolist()}
+    name = {"qa": "qa", "token": "ner", "regression": "count"}.get(kind, "topics")
+    rows = [{k: v for k, v in row.items() if k not in ("tags", "label", "answers")}
+            for row in _rows(d / f"{name}_test.jsonl")[-N_NEW:]]
+    path = directory / "new.jsonl"
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
     if kind == "qa":
-        rows = _rows(d / "qa_test.jsonl")[:4]
-        return {"texts": [[r["question"] for r in rows], [r["context"] for r in rows]]}
+        return path, {"questions": [r["question"] for r in rows], "contexts": [r["context"] for r in rows],
+                      "max_length": 48, "stride": 16}
     if kind == "token":
-        return {"texts": [[" ".join(r["tokens"]) for r in _rows(d / "ner_test.jsonl")[:4]]]}
-    name = "count" if run == "regression" else "topics"
-    return {"texts": [[r["text"] for r in _rows(d / f"{name}_test.jsonl")[:4]]]}
+        return path, {"words": [r["tokens"] for r in rows]}
+    return path, {"texts": [r["text"] for r in rows]}
+
+
+@pytest.fixture(scope="module")
+def head_predictions(head_runs, head_data, tmp_path_factory, shared_cache) -> dict[str, tuple[dict | None, Path]]:
+    """mode=predict through train.py with each case's export on a new file of its inputs, and
+    mode=evaluate of the tagger's and the QA model's runs on their test files; two at a time.
+    ``{case: (the inputs, for CHECK; the predict or evaluate run directory)}``."""
+    base = tmp_path_factory.mktemp("predict")
+    inputs, jobs = {}, {}
+    for case, (run, task, kind, _) in CASES.items():
+        export = head_runs[run] / "export" / task if task else head_runs[run] / "export"
+        path, inputs[case] = new_inputs(kind, head_data, run, base / "data" / case)
+        jobs[case] = ["mode=predict", f"model.init_from={export}", f"data.predict_files=[{path}]"]
+    for run, name in (("token", "ner"), ("qa", "qa")):
+        jobs[f"evaluate-{run}"] = ["mode=evaluate", f"model.init_from={head_runs[run]}",
+                                   f"data.test_files=[{head_data / f'{name}_test.jsonl'}]"]
+    cases = []
+    for name, overrides in jobs.items():
+        def job(overrides=overrides, name=name):
+            return run_train([*overrides, "logger=none"], base / name, shared_cache)
+        job.__name__ = name
+        cases.append(job)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("OMP_NUM_THREADS", "1")
+        procs = two_at_a_time(lambda job: job(), cases)
+    for name, proc in procs.items():
+        assert proc.returncode == 0, (name, proc.stderr[-4000:])
+    return {name: (inputs.get(name), only_run_dir(base / name)) for name in jobs}
+
+
+def _best_answer(start: torch.Tensor, end: torch.Tensor, offsets: torch.Tensor, n_best: int, max_answer_length: int):
+    """The character span of an example's best answer over its windows, by the head's documented rule:
+    in each window, a start among its ``n_best`` highest-scoring context tokens and an end among its
+    ``n_best`` best, the end not before the start and at most ``max_answer_length`` tokens; the pair with
+    the highest sum of logits wins. Written out by enumeration."""
+    best = None
+    for w in range(start.size(0)):
+        context = [t for t in range(start.size(1)) if offsets[w, t, 0] >= 0]
+        starts = sorted(context, key=lambda t: -float(start[w, t]))[:n_best]
+        ends = sorted(context, key=lambda t: -float(end[w, t]))[:n_best]
+        for i in starts:
+            for j in ends:
+                if i <= j < i + max_answer_length:
+                    score = float(start[w, i] + end[w, j])
+                    if best is None or score > best[0]:
+                        best = (score, int(offsets[w, i, 0]), int(offsets[w, j, 1]))
+    return best[1:]
+
+
+def assert_predictions_match(kind: str, predicted: list[dict], out: dict[str, torch.Tensor], id2label: dict,
+                             task_config: dict) -> None:
+    """mode=predict's records against what the auto class computed on the same inputs."""
+    assert len(predicted) == N_NEW
+    if kind == "qa":
+        for e, record in enumerate(predicted):
+            windows = out["window_example"] == e
+            begin, stop = _best_answer(out["start_logits"][windows], out["end_logits"][windows],
+                                       out["offsets"][windows], task_config.get("n_best", 20),
+                                       task_config.get("max_answer_length", 30))
+            assert (record["start"], record["end"]) == (begin, stop), e
+        return
+    if kind == "regression":
+        assert torch.allclose(torch.tensor([r["prediction"] for r in predicted]), out["logits"][:, 0], atol=1e-4)
+        return
+    probabilities = out["logits"].float().softmax(-1)
+    if kind == "token":
+        for i, record in enumerate(predicted):
+            words = out["word_ids"][i].tolist()
+            first = [t for t, w in enumerate(words) if w >= 0 and (t == 0 or words[t - 1] != w)]
+            tags = [id2label[str(int(probabilities[i, t].argmax()))] for t in first]
+            assert record["tags"][:len(tags)] == tags and set(record["tags"][len(tags):]) <= {None}
+            assert record["scores"][:len(tags)] == pytest.approx([float(probabilities[i, t].max()) for t in first],
+                                                                 abs=1e-5)
+        return
+    for record, reference in zip(predicted, probabilities, strict=True):
+        assert list(record["probabilities"]) == list(id2label.values())
+        assert torch.allclose(torch.tensor(list(record["probabilities"].values())), reference, atol=1e-5)
+        assert record["label"] == id2label[str(int(reference.argmax()))]
 
 
 def in_fresh_process(export: Path, auto_class: str, module_to_import: str | None, inputs: dict,
@@ -558,7 +697,7 @@ def module_from_checkpoint(run_dir: Path, checkpoint: Path, task_kwargs: dict):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("case", list(CASES))
-def test_fine_tuned_head_exports_for_its_auto_class(case, head_runs, mlm_run, head_data, tmp_path):
+def test_fine_tuned_head_exports_for_its_auto_class(case, head_runs, head_predictions, mlm_run, head_data, tmp_path):
     run, task, kind, (auto_class, module_to_import, model_class, pipeline_tag) = CASES[case]
     run_dir = head_runs[run]
     export = run_dir / "export" / task if task else run_dir / "export"
@@ -593,8 +732,8 @@ def test_fine_tuned_head_exports_for_its_auto_class(case, head_runs, mlm_run, he
     assert meta["metrics"][f"val/{metric}"] == val and f"| {metric} | {val:.4g} |" in card
     assert ("test/loss" in meta["metrics"]) == (run != "regression")
 
-    info, out = in_fresh_process(export, auto_class, module_to_import, _inputs(kind, head_data, run),
-                                 tmp_path / "out.safetensors")
+    inputs, predict_run = head_predictions[case]
+    info, out = in_fresh_process(export, auto_class, module_to_import, inputs, tmp_path / "out.safetensors")
     assert info["class"] == model_class == meta["model_class"]
     if module_to_import is None:  # a stock model: transformers alone loads it
         assert info["headstart"] == [] and info["processor"] != "ImageProcessor"
@@ -605,7 +744,7 @@ def test_fine_tuned_head_exports_for_its_auto_class(case, head_runs, mlm_run, he
         expected = {"image": [str(i) for i in range(10)],
                     "token": ["O", "B-LOC", "B-ORG", "B-PER", "I-LOC", "I-ORG", "I-PER"]}.get(kind, TOPIC_NAMES)
         assert labels == expected and info["id2label"] == {str(i): name for i, name in enumerate(expected)}
-    batch = {k: v for k, v in out.items() if not k.endswith("logits")}
+    batch = {k: v for k, v in out.items() if not k.endswith("logits") and k not in EXTRA_KEYS}
     exported = (out["start_logits"], out["end_logits"]) if kind == "qa" else (out["logits"],)
 
     task_kwargs = meta["task_kwargs"]
@@ -617,6 +756,25 @@ def test_fine_tuned_head_exports_for_its_auto_class(case, head_runs, mlm_run, he
     assert_same_outputs(expected_outputs(module, batch, kind), exported, batch.get("attention_mask"), qa=kind == "qa")
     assert_same_outputs(expected_outputs(load_module_from_export(export), batch, kind), exported,
                         batch.get("attention_mask"), qa=kind == "qa")
+
+    # mode=predict on a file of the same inputs: the same predictions as the auto class.
+    predicted = [json.loads(line) for line in (predict_run / "predictions.jsonl").read_text().splitlines()]
+    assert [r["id"] for r in predicted] == ([f"{i}.png" for i in range(N_NEW)] if kind == "image" else
+                                            list(range(N_NEW)))
+    assert_predictions_match(kind.split("-")[0], predicted, out, info["id2label"], meta["task_config"])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("run", ["token", "qa"])
+def test_evaluate_gives_the_runs_own_test_metrics(run, head_runs, head_predictions):
+    """mode=evaluate of a fine-tuned run on its test file: the metrics its own test split got (the same
+    checkpoint, read by the same data module)."""
+    trained = json.loads((head_runs[run] / "results.json").read_text())["metrics"]
+    evaluated = json.loads((head_predictions[f"evaluate-{run}"][1] / "results.json").read_text())["metrics"]
+    names = {"token": ("test/acc", "test/f1", "test/loss"), "qa": ("test/exact_match", "test/f1", "test/loss")}[run]
+    assert set(names) <= set(evaluated)
+    for name in names:
+        assert evaluated[name] == pytest.approx(trained[name], abs=1e-5), name
 
 
 @pytest.mark.slow

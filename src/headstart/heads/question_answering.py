@@ -80,6 +80,7 @@ class QuestionAnswering(SupervisedHead):
         # The data marks the context with token type 1; a model without a second token type (RoBERTa,
         # GPT-2) would index past its type embeddings, so it goes without them.
         self.use_token_types = (getattr(backbone.config, "type_vocab_size", 0) or 0) >= 2
+        self.model_inputs = ("token_type_ids",) if self.use_token_types else ()
         self.init_metrics(MetricCollection({"squad": SquadScores()}))  # logged as exact_match and f1
 
     def build_collator(self, processor):

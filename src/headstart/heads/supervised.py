@@ -25,6 +25,9 @@ class SupervisedHead(HeadstartModule):
     hf_task = "sequence"
     #: Whether the export may be transformers' own class for the task (where it computes the same).
     hf_stock = False
+    #: Tokenizer outputs the head reads besides input_ids and attention_mask; the exported tokenizer
+    #: returns them by default.
+    model_inputs: tuple[str, ...] = ()
 
     def init_metrics(self, metrics: MetricCollection) -> None:
         self.val_metrics = metrics.clone(prefix="val/")

@@ -109,7 +109,22 @@ def export_head(head, directory: str, processor, metadata: dict[str, Any]) -> No
     with the same outputs as ``head`` (checked on a probe batch before it is written)."""
     auto_class, _, pipeline_tag = HF_TASKS[head.hf_task]
     model = hf_head_model(head, processor)
-    write_export(model, processor, directory, {"auto_class": auto_class, "pipeline_tag": pipeline_tag, **metadata})
+    write_export(model, _returning(processor, head.model_inputs), directory,
+                 {"auto_class": auto_class, "pipeline_tag": pipeline_tag, **metadata})
+
+
+def _returning(processor, inputs: tuple[str, ...]):
+    """The tokenizer to export, made to return every input the head reads: called as transformers' users
+    call it (``tokenizer(question, context)``) it then gives what training gave, such as the token types
+    that mark a QA context. Other processors, and tokenizers that already do, are exported as they are."""
+    names = list(getattr(processor, "model_input_names", None) or [])
+    missing = [name for name in inputs if name not in names]
+    if not names or not missing:
+        return processor
+    processor = copy.deepcopy(processor)
+    processor.model_input_names = [*names[:1], *missing, *names[1:]]  # input_ids, token_type_ids, attention_mask
+    processor.init_kwargs["model_input_names"] = processor.model_input_names  # what save_pretrained writes
+    return processor
 
 
 def hf_head_model(head, processor=None):
