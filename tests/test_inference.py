@@ -179,7 +179,8 @@ def test_predict_evaluate_and_bad_inputs(finetuned, corpus_dir, tmp_path, shared
     wrong.write_text("sentence\nthe cat and the dog\n")
     mlm = make_mlm_export(["the cat and the dog", "a boat and a sail"], TINY_BERT, tmp_path / "mlm" / "export")
     args = {
-        "predict": ["mode=predict", f"model.init_from={finetuned}", f"data.predict_files=[{new}]"],
+        # Through the link to the newest run, which the run records as the run it points at.
+        "predict": ["mode=predict", f"model.init_from={finetuned.parents[1] / 'latest'}", f"data.predict_files=[{new}]"],
         "evaluate": ["mode=evaluate", f"model.init_from={finetuned / 'export'}",
                      f"data.test_files=[{corpus_dir / 'cls_test.jsonl'}]"],
         "pretraining": ["mode=predict", f"model.init_from={mlm}", f"data.predict_files=[{new}]"],
@@ -213,7 +214,9 @@ def test_predict_evaluate_and_bad_inputs(finetuned, corpus_dir, tmp_path, shared
         assert torch.allclose(torch.tensor(list(row["probabilities"].values())), torch.tensor(probs), atol=1e-5)
         assert row["label"] == TOPIC_NAMES[max(range(3), key=probs.__getitem__)] == csv_row["label"]
         assert abs(float(csv_row[f"prob_{row['label']}"]) - row["probabilities"][row["label"]]) < 1e-6
-    assert json.loads((run_dir / "results.json").read_text())["rows"] == len(texts)
+    record = json.loads((run_dir / "results.json").read_text())
+    assert record["rows"] == len(texts) and record["export_dir"] == str((finetuned / "export").resolve())
+    assert OmegaConf.load(run_dir / "config.yaml").model.init_from == str(finetuned.resolve())
 
     # evaluate: the run's own test metrics (same checkpoint, same file).
     assert procs["evaluate"].returncode == 0, procs["evaluate"].stderr[-4000:]

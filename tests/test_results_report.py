@@ -209,6 +209,25 @@ def test_latest_is_a_relative_link_replaced_atomically(tmp_path):
     assert sorted(p.name for p in outputs.iterdir()) == ["2026-01-01", "latest", "latest.txt", "multirun"]  # no temp files
 
 
+def test_a_setting_given_through_the_link_is_recorded_as_its_target(tmp_path, monkeypatch):
+    from omegaconf import OmegaConf
+
+    from headstart.pipeline.rundir import pin_linked_paths
+
+    outputs = tmp_path / "outputs"
+    run = outputs / "2026-01-01" / "10-00-00"
+    run.mkdir(parents=True)
+    point_latest(outputs, run)
+    monkeypatch.chdir(tmp_path)
+    cfg = OmegaConf.create({"model": {"init_from": "outputs/latest/export"}, "resume": "auto", "ckpt_path": "last"})
+    (run / "export").mkdir()
+    assert pin_linked_paths(cfg) == {"model.init_from": str(run.resolve() / "export")}
+    assert cfg.model.init_from == str(run.resolve() / "export") and (cfg.resume, cfg.ckpt_path) == ("auto", "last")
+    plain = OmegaConf.create({"model": {"init_from": "outputs/2026-01-01/10-00-00"}, "resume": "outputs/latest"})
+    assert pin_linked_paths(plain) == {"resume": str(run.resolve())}
+    assert plain.model.init_from == "outputs/2026-01-01/10-00-00"  # no link in it: as typed
+
+
 def test_latest_leaves_what_is_not_its_link_alone(tmp_path):
     outputs, run = tmp_path / "outputs", tmp_path / "outputs" / "day" / "run"
     run.mkdir(parents=True)

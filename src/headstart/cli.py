@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -10,6 +11,8 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 from headstart.errors import ConfigError, HeadstartError
+
+log = logging.getLogger(__name__)
 
 
 @contextlib.contextmanager
@@ -114,8 +117,11 @@ def run(cfg: DictConfig) -> float | None:
     _route_library_logs()
     with user_errors_reported():
         from headstart.pipeline.guards import check_launch
+        from headstart.pipeline.rundir import pin_linked_paths
 
         check_launch(cfg, multirun=_name_sweep_job(cfg))
+        for key, real in pin_linked_paths(cfg).items():
+            log.info("%s is a link; recorded as the run it points at now: %s", key, real)
         if cfg.mode != "train":  # predict / evaluate with a fine-tuned model: nothing is trained
             from headstart.pipeline.inference import run_inference
 

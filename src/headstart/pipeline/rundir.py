@@ -94,6 +94,25 @@ def save_config(cfg: DictConfig, output_dir: Path, changes: dict | None = None) 
 
 
 LATEST = "latest"
+#: Settings that name an earlier run; one given through a link is recorded as the run it points at.
+LINKED_SETTINGS = ("model.init_from", "resume", "ckpt_path")
+
+
+def pin_linked_paths(cfg: DictConfig) -> dict[str, str]:
+    """Replace a path setting given through a link (``model.init_from=outputs/latest``) by the real path
+    it points at now, so the run's config and everything recorded from it name the run it used: the
+    link moves with the next run. Paths without a link in them stay as typed. Returns what changed."""
+    pinned = {}
+    for key in LINKED_SETTINGS:
+        value = OmegaConf.select(cfg, key)
+        if not isinstance(value, str) or value in ("auto", "last", "best") or not Path(value).exists():
+            continue
+        real = Path(value).resolve()
+        if real != Path(value).absolute():
+            OmegaConf.update(cfg, key, str(real))
+            pinned[key] = str(real)
+    return pinned
+
 
 
 def point_latest(log_dir: Path, run_dir: Path) -> Path | None:
