@@ -77,6 +77,26 @@ def test_regression_baseline_predicts_the_training_mean():
     assert baseline["metrics"] == {"test/mse": pytest.approx(2.0), "test/mae": pytest.approx(1.0)}
 
 
+def test_majority_tag_baseline_scores_tagging_every_word_with_the_training_majority():
+    from headstart.backbones.text import TextBackboneSpec
+    from headstart.data.tokenizer import train_tokenizer
+    from headstart.heads.token_classification import TokenClassifier
+
+    spec = TextBackboneSpec(arch={"model_type": "bert", "hidden_size": 8, "num_hidden_layers": 1,
+                                  "num_attention_heads": 1, "intermediate_size": 8})
+    spec.bind_tokenizer(train_tokenizer(iter([["ada met bob"]]), "wordpiece", 40, True, 16))
+    tagger = TokenClassifier(spec, None, 3, label_names=["O", "B-PER", "I-PER"])
+    # Training tags: O three times, B-PER and I-PER once each -> O. Test: five labelled words, three of
+    # them O -> token accuracy 3/5; its one entity (B-PER I-PER) is never predicted -> entity F1 0.
+    train = [[-100, 0, 0, 1, -100], [-100, 0, 2, -100]]
+    test = [[-100, 1, 2, 0, -100], [-100, 0, 0]]
+    baseline = results_report.trivial_baseline(tagger, _data(train, test, text=True))
+    assert (baseline["kind"], baseline["class"], baseline["train_share"]) == ("majority tag", "O", 0.6)
+    assert baseline["metrics"]["test/acc"] == pytest.approx(0.6)
+    assert (baseline["metrics"]["test/f1"], baseline["metrics"]["test/recall"]) == (0.0, 0.0)
+    assert tagger.test_metrics["acc"].update_count == 0  # the module's own metrics are left as they were
+
+
 def test_no_baseline_without_a_test_split_or_for_other_tasks():
     data = _data([0, 1], [0, 1])
     del data.datasets["test"]

@@ -133,13 +133,18 @@ def split_labels(dataset):
 def trivial_baseline(module, datamodule) -> dict[str, Any] | None:
     """The test-split scores of the trivial predictor, computed with the same metrics the module
     reports: for a classifier, predicting the training split's most frequent class (ties: the first
-    class) for every test example; for regression, predicting the training split's mean. None for
-    other tasks, or without a test split."""
+    class) for every test example; for a tagger, its most frequent tag for every word; for regression,
+    predicting the training split's mean. None for other tasks (QA), or without a test split."""
     from headstart.heads.classification import Classifier
     from headstart.heads.regression import Regressor
+    from headstart.heads.token_classification import TokenClassifier
 
     datasets = getattr(datamodule, "datasets", None) or {}
-    if "train" not in datasets or "test" not in datasets or not isinstance(module, Classifier | Regressor):
+    if "train" not in datasets or "test" not in datasets:
+        return None
+    if isinstance(module, TokenClassifier):
+        return _majority_tag(module, datasets["train"]["labels"], datasets["test"]["labels"])
+    if not isinstance(module, Classifier | Regressor):
         return None
     train, test = split_labels(datasets["train"]), split_labels(datasets["test"])
     if train is None or test is None or not len(train) or not len(test):
@@ -167,6 +172,34 @@ def _majority_class(train, test, num_classes: int, names: list[str] | None) -> d
             "test/acc": float(MulticlassAccuracy(num_classes=num_classes, average="micro")(predicted, test)),
             "test/f1": float(MulticlassF1Score(num_classes=num_classes, average="macro")(predicted, test)),
         },
+    }
+
+
+def _majority_tag(module, train_rows, test_rows) -> dict[str, Any] | None:
+    """Every labelled position of the test split tagged with the training split's most frequent tag,
+    scored by the tagger's own test metrics (token accuracy, entity F1/precision/recall)."""
+    import torch
+
+    from headstart.heads.token_classification import IGNORE_INDEX
+
+    train = torch.cat([torch.as_tensor(row).flatten() for row in train_rows])
+    train = train[train != IGNORE_INDEX]
+    if not len(train) or not len(test_rows):
+        return None
+    counts = torch.bincount(train, minlength=len(module.label_names))
+    majority = int(counts.argmax())  # the first of equal counts
+    target = torch.full((len(test_rows), max(len(row) for row in test_rows)), IGNORE_INDEX)
+    for i, row in enumerate(test_rows):
+        target[i, :len(row)] = torch.as_tensor(row)
+    metrics = module.test_metrics.clone()
+    metrics.reset()
+    metrics.update(torch.full_like(target, majority), target)
+    return {
+        "kind": "majority tag",
+        "description": "tagging every word with the training split's most frequent tag",
+        "class": module.label_names[majority],
+        "train_share": float(counts[majority]) / len(train),
+        "metrics": {name: float(value) for name, value in module.metric_values(metrics.compute()).items()},
     }
 
 
