@@ -153,3 +153,26 @@ def make_mlm_export(texts: list[str], arch: dict, directory: Path) -> Path:
             param.add_(torch.randn_like(param) * 0.01)
     module.export(str(directory), tokenizer, {"source_run": "mlm-run", "config_hash": "feed", "completed": True})
     return directory
+
+
+def small_tokenizer():
+    """A small wordpiece tokenizer for in-process head tests: the topic sentences and a few names."""
+    from headstart.data.tokenizer import train_tokenizer
+
+    rng = random.Random(0)
+    texts = [make_sentence(rng, topic) for topic in sorted(TOPICS) for _ in range(30)]
+    texts += ["alice met bob in paris", "what is the capital of peru ?", "the capital of peru is lima ."]
+    return train_tokenizer(iter([texts]), "wordpiece", 200, True, 64)
+
+
+def moved_weights(module, seed: int = 0):
+    """``module`` in eval mode with every weight moved off its init (the head's too): a weight left out or
+    put in the wrong place then changes the outputs."""
+    import torch
+
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for param in module.parameters():
+            param.add_(torch.randn(param.shape, generator=gen) * 0.1)
+    return module.eval()
+

@@ -6,14 +6,16 @@ outputs as headstart's module.
 The fast tests go module -> export -> auto class in one process, on every backbone family, with
 weights moved off their init so that a wrong mapping shows in the outputs. The slow ones fine-tune
 each head through train.py from a tiny MLM pretraining run and load the export in a fresh process,
-against headstart's module rebuilt from the run's config and best checkpoint.
+against headstart's module rebuilt from the run's config and best checkpoint and against
+``mode=predict`` on a file of the same inputs; ``mode=evaluate`` gives the runs' own test metrics, and
+bad predict commands are refused with one message.
 """
 
 from __future__ import annotations
 
+import csv
 import json
 import logging
-import random
 import subprocess
 import sys
 from pathlib import Path
@@ -26,12 +28,15 @@ from conftest import (
     TINY_BERT,
     TINY_MODEL,
     TOPICS,
-    make_sentence,
+    assert_user_error,
+    moved_weights,
     only_run_dir,
     run_train,
+    small_tokenizer,
     two_at_a_time,
     write_labeled,
 )
+from omegaconf import OmegaConf
 from test_heads_qa import write_qa
 from test_heads_token_regression import write_counts, write_tagged
 
@@ -56,12 +61,7 @@ TOKEN = ("AutoModelForTokenClassification", None, "BertForTokenClassification", 
 # -- in process: module -> export -> auto class ---------------------------------------------------------
 @pytest.fixture(scope="module")
 def tokenizer():
-    from headstart.data.tokenizer import train_tokenizer
-
-    rng = random.Random(0)
-    texts = [make_sentence(rng, topic) for topic in TOPIC_NAMES for _ in range(30)]
-    texts += ["alice met bob in paris", "what is the capital of peru ?", "the capital of peru is lima ."]
-    return train_tokenizer(iter([texts]), "wordpiece", 200, True, 64)
+    return small_tokenizer()
 
 
 def _text_spec(arch: dict, tokenizer):
@@ -70,16 +70,6 @@ def _text_spec(arch: dict, tokenizer):
     spec = TextBackboneSpec(arch=arch)
     spec.bind_tokenizer(tokenizer)
     return spec
-
-
-def _moved(module, seed: int = 0):
-    """``module`` with every weight moved off its init (the head's too): a weight left out or put in the
-    wrong place by the export changes its outputs."""
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for param in module.parameters():
-            param.add_(torch.randn(param.shape, generator=gen) * 0.1)
-    return module.eval()
 
 
 def _text_batch(tokenizer, pairs: bool = False) -> dict[str, torch.Tensor]:
@@ -164,7 +154,7 @@ def test_text_head_export_computes_what_the_module_does(kind, arch, auto_class, 
                                                         tokenizer, tmp_path):
     from transformers import AutoTokenizer
 
-    module = _moved(_head(kind, _text_spec(arch, tokenizer)))
+    module = moved_weights(_head(kind, _text_spec(arch, tokenizer)))
     module.export(str(tmp_path / "export"), tokenizer, {"source_run": "run", "config_hash": "cafe"})
     model = _load(tmp_path / "export", auto_class, module_to_import)
     assert type(model).__name__ == model_class == read_metadata(tmp_path / "export")["model_class"]
@@ -200,7 +190,7 @@ def test_image_classifier_export_computes_what_the_module_does(name, model_class
     with torch.no_grad():  # batch norm statistics away from their init, so that they must be exported too
         for _ in range(3):
             module({"pixel_values": torch.randn(8, 1, 16, 16, generator=gen) * 2 + 1})
-    _moved(module)
+    moved_weights(module)
     module.export(str(tmp_path / "export"), processor, {})
     module_to_import = "headstart.hf_models" if name == "cnn" else None
     model = _load(tmp_path / "export", "AutoModelForImageClassification", module_to_import)
@@ -225,7 +215,7 @@ def _multitask(tokenizer):
     torch.manual_seed(0)
     model = MultiTaskModel(_text_spec(TINY_BERT, tokenizer), functools.partial(torch.optim.AdamW, lr=1e-3), heads,
                            kwargs)
-    return _moved(model), heads, kwargs
+    return moved_weights(model), heads, kwargs
 
 
 def test_multitask_exports_one_model_per_task(tokenizer, tmp_path):
@@ -261,7 +251,7 @@ def test_qa_export_tokenizer_gives_the_token_types_training_gave(tokenizer, tmp_
 
     from headstart.data.question_answering import encode_questions
 
-    module = _moved(_head("qa", _text_spec(TINY_BERT, tokenizer)))
+    module = moved_weights(_head("qa", _text_spec(TINY_BERT, tokenizer)))
     assert "token_type_ids" not in tokenizer.model_input_names
     module.export(str(tmp_path / "export"), tokenizer, {"task_kwargs": {}})
     loaded = transformers.AutoTokenizer.from_pretrained(str(tmp_path / "export"))
@@ -284,7 +274,7 @@ def test_load_module_from_export(kind, tokenizer, tmp_path):
     """headstart's module back from a head export (its weights, its labels and target scaling)."""
     from hydra.utils import get_class
 
-    module = _moved(_head(kind, _text_spec(TINY_BERT, tokenizer)))
+    module = moved_weights(_head(kind, _text_spec(TINY_BERT, tokenizer)))
     target = {"sequence-mean": "headstart.heads.sequence_classification.SequenceClassifier",
               "token": "headstart.heads.token_classification.TokenClassifier",
               "regression": "headstart.heads.regression.Regressor"}[kind]
@@ -303,7 +293,7 @@ def test_an_export_that_would_compute_otherwise_is_reported(tokenizer, tmp_path,
     is not written silently as if it were."""
     from headstart.heads.token_classification import TokenClassifier
 
-    module = _moved(_head("token", _text_spec(TINY_BERT, tokenizer)))
+    module = moved_weights(_head("token", _text_spec(TINY_BERT, tokenizer)))
     monkeypatch.setattr(TokenClassifier, "hf_outputs", lambda self, batch: (self(batch) + 1.0,))
     with caplog.at_level(logging.INFO, logger="headstart.transfer.export"):
         module.export(str(tmp_path / "export"), tokenizer, {})
@@ -317,7 +307,7 @@ def test_a_head_export_hands_its_backbone_off(tokenizer, tmp_path):
     from headstart.transfer.handoff import apply_handoff, read_weights
 
     for kind, new_kind in (("sequence-mean", "token"), ("token", "sequence-mean")):
-        source = _moved(_head(kind, _text_spec(TINY_BERT, tokenizer)))
+        source = moved_weights(_head(kind, _text_spec(TINY_BERT, tokenizer)))
         export = tmp_path / kind / "export"
         source.export(str(export), tokenizer, {"source_run": "finetune-run", "config_hash": "beef"})
         target = _head(new_kind, _text_spec(TINY_BERT, tokenizer))
@@ -340,8 +330,8 @@ def test_exported_checkpoint_is_the_best_for_a_head(tokenizer, tmp_path):
     (tmp_path / "checkpoints").mkdir()
     last = tmp_path / "checkpoints" / "last.ckpt"
     torch.save({"state_dict": {}}, last)
-    head = _moved(_head("sequence-mean", _text_spec(TINY_BERT, tokenizer)), seed=1)
-    best_state = {k: v.clone() for k, v in _moved(_head("sequence-mean", _text_spec(TINY_BERT, tokenizer)),
+    head = moved_weights(_head("sequence-mean", _text_spec(TINY_BERT, tokenizer)), seed=1)
+    best_state = {k: v.clone() for k, v in moved_weights(_head("sequence-mean", _text_spec(TINY_BERT, tokenizer)),
                                                   seed=2).state_dict().items()}
     best = tmp_path / "checkpoints" / "epoch001-step8.ckpt"
     torch.save({"state_dict": best_state}, best)
@@ -372,7 +362,7 @@ def test_model_card(tokenizer, tmp_path):
     assert "AutoModel.from_pretrained" in card and "import headstart" not in card
     assert read_metadata(pretraining)["export_kind"] == "backbone"
 
-    module = _moved(_head("sequence-mean", _text_spec(TINY_BERT, tokenizer)))
+    module = moved_weights(_head("sequence-mean", _text_spec(TINY_BERT, tokenizer)))
     lineage = {"path": str(pretraining), "config_hash": "feed", "config_sha256": "0abc", "objective": "MLM",
                "loaded": "backbone"}
     module.export(str(tmp_path / "export"), tokenizer, {
@@ -585,19 +575,28 @@ def new_inputs(kind: str, d: Path, run: str, directory: Path) -> tuple[Path, dic
 
 
 @pytest.fixture(scope="module")
-def head_predictions(head_runs, head_data, tmp_path_factory, shared_cache) -> dict[str, tuple[dict | None, Path]]:
-    """mode=predict through train.py with each case's export on a new file of its inputs, and
-    mode=evaluate of the tagger's and the QA model's runs on their test files; two at a time.
-    ``{case: (the inputs, for CHECK; the predict or evaluate run directory)}``."""
+def head_predictions(head_runs, head_data, mlm_run, tmp_path_factory, shared_cache) -> dict[str, tuple]:
+    """Through train.py, two at a time: mode=predict with each case's export on a new file of its inputs,
+    mode=evaluate of the classifier's, tagger's and QA model's runs on their test files, and three
+    predict commands to refuse. ``{job: (the inputs, for CHECK; the run directory, or the process)}``."""
     base = tmp_path_factory.mktemp("predict")
     inputs, jobs = {}, {}
     for case, (run, task, kind, _) in CASES.items():
         export = head_runs[run] / "export" / task if task else head_runs[run] / "export"
         path, inputs[case] = new_inputs(kind, head_data, run, base / "data" / case)
         jobs[case] = ["mode=predict", f"model.init_from={export}", f"data.predict_files=[{path}]"]
-    for run, name in (("token", "ner"), ("qa", "qa")):
-        jobs[f"evaluate-{run}"] = ["mode=evaluate", f"model.init_from={head_runs[run]}",
+    # The sequence classifier through outputs/latest, its run's newest-run link (not its export).
+    jobs["sequence"][1] = f"model.init_from={head_runs['sequence'].parents[1] / 'latest'}"
+    for run, name, given in (("sequence", "topics", ""), ("token", "ner", "export"), ("qa", "qa", "")):  # run or export
+        jobs[f"evaluate-{run}"] = ["mode=evaluate", f"model.init_from={head_runs[run] / given}",
                                    f"data.test_files=[{head_data / f'{name}_test.jsonl'}]"]
+    wrong = base / "data" / "wrong.csv"
+    wrong.write_text("sentence\nthe cat and the dog\n")
+    jobs.update({
+        "refuse-pretraining": ["mode=predict", f"model.init_from={mlm_run}", f"data.predict_files=[{wrong}]"],
+        "refuse-column": ["mode=predict", f"model.init_from={head_runs['sequence']}", f"data.predict_files=[{wrong}]"],
+        "refuse-no-files": ["mode=predict", f"model.init_from={head_runs['sequence']}"],
+    })
     cases = []
     for name, overrides in jobs.items():
         def job(overrides=overrides, name=name):
@@ -608,8 +607,10 @@ def head_predictions(head_runs, head_data, tmp_path_factory, shared_cache) -> di
         patch.setenv("OMP_NUM_THREADS", "1")
         procs = two_at_a_time(lambda job: job(), cases)
     for name, proc in procs.items():
-        assert proc.returncode == 0, (name, proc.stderr[-4000:])
-    return {name: (inputs.get(name), only_run_dir(base / name)) for name in jobs}
+        if not name.startswith("refuse"):
+            assert proc.returncode == 0, (name, proc.stderr[-4000:])
+    return {name: (inputs.get(name), procs[name] if name.startswith("refuse") else only_run_dir(base / name))
+            for name in jobs}
 
 
 def _best_answer(start: torch.Tensor, end: torch.Tensor, offsets: torch.Tensor, n_best: int, max_answer_length: int):
@@ -761,20 +762,40 @@ def test_fine_tuned_head_exports_for_its_auto_class(case, head_runs, head_predic
     predicted = [json.loads(line) for line in (predict_run / "predictions.jsonl").read_text().splitlines()]
     assert [r["id"] for r in predicted] == ([f"{i}.png" for i in range(N_NEW)] if kind == "image" else
                                             list(range(N_NEW)))
+    with open(predict_run / "predictions.csv") as f:
+        table = list(csv.DictReader(f))
+    assert [row["id"] for row in table] == [str(r["id"]) for r in predicted]
+    if kind == "sequence-mean":
+        assert list(table[0]) == ["id", "label", *(f"prob_{name}" for name in TOPIC_NAMES)]
+        assert [row["label"] for row in table] == [r["label"] for r in predicted]
+    record = json.loads((predict_run / "results.json").read_text())
+    assert record["rows"] == N_NEW and record["export_dir"] == str(export.resolve())
+    if case == "sequence":  # given as outputs/latest: recorded as the run the link pointed at
+        assert OmegaConf.load(predict_run / "config.yaml").model.init_from == str(run_dir.resolve())
     assert_predictions_match(kind.split("-")[0], predicted, out, info["id2label"], meta["task_config"])
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("run", ["token", "qa"])
+@pytest.mark.parametrize("run", ["sequence", "token", "qa"])
 def test_evaluate_gives_the_runs_own_test_metrics(run, head_runs, head_predictions):
     """mode=evaluate of a fine-tuned run on its test file: the metrics its own test split got (the same
     checkpoint, read by the same data module)."""
     trained = json.loads((head_runs[run] / "results.json").read_text())["metrics"]
     evaluated = json.loads((head_predictions[f"evaluate-{run}"][1] / "results.json").read_text())["metrics"]
-    names = {"token": ("test/acc", "test/f1", "test/loss"), "qa": ("test/exact_match", "test/f1", "test/loss")}[run]
+    names = {"sequence": ("test/acc", "test/f1", "test/loss"), "token": ("test/acc", "test/f1", "test/loss"),
+             "qa": ("test/exact_match", "test/f1", "test/loss")}[run]
     assert set(names) <= set(evaluated)
     for name in names:
         assert evaluated[name] == pytest.approx(trained[name], abs=1e-5), name
+
+
+@pytest.mark.slow
+def test_predict_refuses_bad_inputs_with_one_message(head_predictions, head_runs):
+    assert_user_error(head_predictions["refuse-pretraining"][1], "a backbone without a task head", "Fine-tune it first")
+    assert_user_error(head_predictions["refuse-column"][1], "wrong.csv' has no column 'text'",
+                      "(its columns: ['sentence'])", "data.text_column=<its name>")
+    assert_user_error(head_predictions["refuse-no-files"][1], "mode=predict needs the rows to label: set "
+                      "data.predict_files=")
 
 
 @pytest.mark.slow

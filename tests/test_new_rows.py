@@ -6,11 +6,10 @@ and the module's forward, not from the code under test."""
 from __future__ import annotations
 
 import json
-import random
 
 import pytest
 import torch
-from conftest import TINY_BERT, TOPICS, make_sentence
+from conftest import TINY_BERT, TOPICS, moved_weights, small_tokenizer
 
 from headstart.errors import DataError
 
@@ -20,20 +19,7 @@ TAGS = ["O", "B-LOC", "B-PER", "I-PER"]
 
 @pytest.fixture(scope="module")
 def tokenizer():
-    from headstart.data.tokenizer import train_tokenizer
-
-    rng = random.Random(0)
-    texts = [make_sentence(rng, topic) for topic in TOPIC_NAMES for _ in range(30)]
-    texts += ["alice met bob in paris", "what is the capital of peru ?", "the capital of peru is lima ."]
-    return train_tokenizer(iter([texts]), "wordpiece", 200, True, 64)
-
-
-def _moved(module, seed: int = 0):
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for param in module.parameters():
-            param.add_(torch.randn(param.shape, generator=gen) * 0.1)
-    return module.eval()
+    return small_tokenizer()
 
 
 def _spec(tokenizer):
@@ -61,7 +47,7 @@ def test_text_rows_keep_every_row_to_predict_and_skip_what_training_skips(tokeni
     labelled = data.read_new_rows("test", [str(path)], labelled=True)  # the row without text is skipped
     assert labelled.ids == ["x7", "x11"] and [e["labels"] for e in labelled.examples] == [0, 2]
 
-    module = _moved(SequenceClassifier(_spec(tokenizer), None, 3, label_names=TOPIC_NAMES))
+    module = moved_weights(SequenceClassifier(_spec(tokenizer), None, 3, label_names=TOPIC_NAMES))
     batch = module.build_collator(tokenizer)(rows.examples)
     with torch.no_grad():
         predicted = module.predictions(batch)
@@ -94,7 +80,7 @@ def test_regression_rows_and_predictions_in_the_data_units(tokenizer, tmp_path):
     data.bind_model(tokenizer, {"num_targets": 2, "target_mean": [3.0, -10.0], "target_std": [2.0, 50.0]})
     rows = data.read_new_rows("test", [str(path)], labelled=True)
     assert rows.ids == [0, 1] and [e["labels"] for e in rows.examples] == [[1.0, 2.0], [3.5, 4.0]]
-    module = _moved(Regressor(_spec(tokenizer), None, num_targets=2, target_mean=[3.0, -10.0], target_std=[2.0, 50.0]))
+    module = moved_weights(Regressor(_spec(tokenizer), None, num_targets=2, target_mean=[3.0, -10.0], target_std=[2.0, 50.0]))
     batch = module.build_collator(tokenizer)(rows.examples)
     with torch.no_grad():
         scaled = module(batch)
@@ -124,7 +110,7 @@ def test_tagged_rows_mark_each_word_and_the_tagger_reads_it_there(tokenizer, tmp
         # Prediction marks each word's first sub-token only (label_all_tokens is for training).
         assert [t for t, label in enumerate(example["labels"]) if label != -100] == first
 
-    module = _moved(TokenClassifier(_spec(tokenizer), None, 4, label_names=TAGS))
+    module = moved_weights(TokenClassifier(_spec(tokenizer), None, 4, label_names=TAGS))
     batch = module.build_collator(tokenizer)(rows.examples)
     with torch.no_grad():
         predicted = module.predictions(batch)
@@ -179,7 +165,7 @@ def test_questions_become_windows_and_the_answer_is_the_best_span(tokenizer, tmp
     rows = data.read_new_rows("predict", [str(path)], labelled=False)
     assert rows.ids == [0, 1] and len(rows.examples[0]["input_ids"]) > 1  # the long context: several windows
 
-    module = _moved(QuestionAnswering(_spec(tokenizer), None, max_answer_length=5))
+    module = moved_weights(QuestionAnswering(_spec(tokenizer), None, max_answer_length=5))
     batch = module.build_collator(tokenizer)(rows.examples)
     with torch.no_grad():
         predicted = module.predictions(batch)
