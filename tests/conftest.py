@@ -38,6 +38,17 @@ TOPICS = {
 FUNCTION_WORDS = "the a of and to in is with on for at by from".split()
 
 
+#: The test files that take longest (minutes of train.py runs), run first: pytest-xdist (see pyproject's
+#: addopts) hands whole files to its two workers in collection order, so the long ones start at once and
+#: the other worker works through the rest meanwhile, instead of one worker finishing them alone.
+LONGEST_FIRST = ("test_readme_commands.py", "test_debug_group.py", "test_head_exports.py", "test_bad_input.py")
+
+
+def pytest_collection_modifyitems(config, items):
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: each file's own order stays
+
+
 def make_sentence(rng: random.Random, topic: str, n_words: int = 14) -> str:
     words = []
     for i in range(n_words):

@@ -77,6 +77,7 @@ def one_batch_problems(root: Path) -> list[str]:
     return problems
 
 
+@pytest.mark.slow
 def test_debug_default_runs_one_batch_of_every_experiment(inputs, tmp_path, shared_cache):
     def check(experiment: str) -> str | None:
         root = tmp_path / experiment
