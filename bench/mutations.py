@@ -147,7 +147,9 @@ def _apply(source: str, mutation: Mutation) -> str:
 def _pytest(scratch: Path, tests: list[str], timeout: int) -> tuple[int, str]:
     env = {**os.environ, "PYTHONPATH": str(scratch / "src"), "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
            "WANDB_MODE": "offline"}
-    command = [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", "-m", "not slow", *tests]
+    # A few named tests: one process (two xdist workers would cost more to start than they save).
+    workers = ["-n", "0"] if tests != ["tests"] else []
+    command = [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", "-m", "not slow", *workers, *tests]
     try:
         done = subprocess.run(command, cwd=scratch, env=env, capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired:
