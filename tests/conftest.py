@@ -15,6 +15,11 @@ import pytest
 OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "WANDB_MODE": "offline",
                "WANDB_SILENT": "true", "TOKENIZERS_PARALLELISM": "false"}
 os.environ.update(OFFLINE_ENV)
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # The xdist workers share the cores: torch in each (and in the train.py runs it starts) takes one
+    # thread, not one per core, where threads of different processes would spin waiting on each other.
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    os.environ.setdefault("MKL_NUM_THREADS", "1")
 
 REPO = Path(__file__).resolve().parents[1]
 TRAIN = REPO / "train.py"
@@ -42,6 +47,13 @@ FUNCTION_WORDS = "the a of and to in is with on for at by from".split()
 #: addopts) hands whole files to its two workers in collection order, so the long ones start at once and
 #: the other worker works through the rest meanwhile, instead of one worker finishing them alone.
 LONGEST_FIRST = ("test_readme_commands.py", "test_debug_group.py", "test_head_exports.py", "test_bad_input.py")
+
+
+def pytest_configure(config):
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        import torch
+
+        torch.set_num_threads(1)
 
 
 def pytest_collection_modifyitems(config, items):
