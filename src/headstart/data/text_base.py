@@ -19,7 +19,7 @@ import lightning.pytorch as pl
 from headstart.config.schema import TextDataConfig
 from headstart.data import builtin, files
 from headstart.data.loaders import SplitLoaders
-from headstart.data.new_rows import NewRows, no_rows
+from headstart.data.new_rows import NewRows, no_rows, row_ids
 from headstart.data.tokenizer import load_tokenizer, tokenizer_fingerprint, train_tokenizer
 from headstart.errors import ConfigError, DataError
 
@@ -239,8 +239,6 @@ class TextDataModule(SplitLoaders, pl.LightningDataModule):
     def read_new_rows(self, split: str, paths: list[str], labelled: bool) -> NewRows:
         """Every row of ``paths`` as model inputs, read and tokenized as training reads its splits;
         with ``labels`` when ``labelled`` (evaluation), which also skips the rows training skips."""
-        from headstart.data.new_rows import row_ids
-
         rows = NewRows()
         cache_dir = os.path.join(self.cache_dir, "hf_datasets")
         for path in paths:

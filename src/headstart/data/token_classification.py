@@ -50,16 +50,6 @@ def align_labels(word_ids: list[int | None], tags: list[str], label_ids: dict[st
     return row
 
 
-def word_list(value) -> list[str] | None:
-    """A row's words or tags as a list of strings: a list as it is, a .csv's string split at spaces;
-    None for anything else."""
-    if isinstance(value, str):
-        return value.split()
-    if isinstance(value, list | tuple) and all(isinstance(v, str) for v in value):
-        return list(value)
-    return None
-
-
 class TokenClassificationDataModule(TextDataModule):
     def __init__(self, tokens_column: str = TokenClassificationDataConfig.tokens_column,
                  tags_column: str = TokenClassificationDataConfig.tags_column,
@@ -116,9 +106,10 @@ class TokenClassificationDataModule(TextDataModule):
 
     def _as_list(self, value, split: str, path: str, row: int, what: str) -> list[str]:
         column = self.tokens_column if what == "tokens" else self.tags_column
-        words = word_list(value)
-        if words is not None:
-            return words
+        if isinstance(value, str):  # csv: space-separated
+            return value.split()
+        if isinstance(value, list | tuple) and all(isinstance(v, str) for v in value):
+            return list(value)
         raise DataError(
             f"data.{split}_files: row {row} of {path!r} has {column!r} = {str(value)[:80]!r}; it must be a list "
             f"of strings (or, in a .csv, one space-separated string) of {what}."

@@ -390,10 +390,10 @@ class ImageDataModule(SplitLoaders, pl.LightningDataModule):
         relative to the folder), or to evaluate on (folders with one subfolder per class, named as the
         model's classes)."""
         rows, labels = NewRows(), []
+        label_ids = {name: i for i, name in enumerate(self.label_names)}
         for path in paths:
             root = Path(path)
             if labelled:
-                label_ids = {name: i for i, name in enumerate(self.label_names)}
                 classes = _list_folder(path, f"{split}_files")
                 unknown = sorted(name for name, found in classes.items() if found and name not in label_ids)
                 if unknown:
