@@ -199,3 +199,12 @@ def moved_weights(module, seed: int = 0):
             param.add_(torch.randn(param.shape, generator=gen) * 0.1)
     return module.eval()
 
+
+def text_spec(tokenizer, arch: dict | None = None):
+    """A text backbone spec of ``arch`` (TINY_BERT by default) bound to ``tokenizer``."""
+    from headstart.backbones.text import TextBackboneSpec
+
+    spec = TextBackboneSpec(arch=dict(arch or TINY_BERT))
+    spec.bind_tokenizer(tokenizer)
+    return spec
+

@@ -33,11 +33,12 @@ from conftest import (
     only_run_dir,
     run_train,
     small_tokenizer,
+    text_spec,
     two_at_a_time,
     write_labeled,
 )
 from omegaconf import OmegaConf
-from test_heads_qa import write_qa
+from test_heads_qa import best_answer_by_enumeration, write_qa
 from test_heads_token_regression import write_counts, write_tagged
 
 from headstart.transfer.export import EXPORT_METADATA, MODEL_CARD, load_module_from_export, read_metadata
@@ -62,14 +63,6 @@ TOKEN = ("AutoModelForTokenClassification", None, "BertForTokenClassification", 
 @pytest.fixture(scope="module")
 def tokenizer():
     return small_tokenizer()
-
-
-def _text_spec(arch: dict, tokenizer):
-    from headstart.backbones.text import TextBackboneSpec
-
-    spec = TextBackboneSpec(arch=arch)
-    spec.bind_tokenizer(tokenizer)
-    return spec
 
 
 def _text_batch(tokenizer, pairs: bool = False) -> dict[str, torch.Tensor]:
@@ -154,7 +147,7 @@ def test_text_head_export_computes_what_the_module_does(kind, arch, auto_class, 
                                                         tokenizer, tmp_path):
     from transformers import AutoTokenizer
 
-    module = moved_weights(_head(kind, _text_spec(arch, tokenizer)))
+    module = moved_weights(_head(kind, text_spec(tokenizer, arch)))
     module.export(str(tmp_path / "export"), tokenizer, {"source_run": "run", "config_hash": "cafe"})
     model = _load(tmp_path / "export", auto_class, module_to_import)
     assert type(model).__name__ == model_class == read_metadata(tmp_path / "export")["model_class"]
@@ -213,7 +206,7 @@ def _multitask(tokenizer):
              "ner": {"head": {"_target_": "headstart.heads.token_classification.TokenClassifier"}, "weight": 0.5}}
     kwargs = {"topics": {"num_labels": 3, "label_names": TOPIC_NAMES}, "ner": {"num_labels": 3, "label_names": TAGS}}
     torch.manual_seed(0)
-    model = MultiTaskModel(_text_spec(TINY_BERT, tokenizer), functools.partial(torch.optim.AdamW, lr=1e-3), heads,
+    model = MultiTaskModel(text_spec(tokenizer, TINY_BERT), functools.partial(torch.optim.AdamW, lr=1e-3), heads,
                            kwargs)
     return moved_weights(model), heads, kwargs
 
@@ -251,7 +244,7 @@ def test_qa_export_tokenizer_gives_the_token_types_training_gave(tokenizer, tmp_
 
     from headstart.data.question_answering import encode_questions
 
-    module = moved_weights(_head("qa", _text_spec(TINY_BERT, tokenizer)))
+    module = moved_weights(_head("qa", text_spec(tokenizer, TINY_BERT)))
     assert "token_type_ids" not in tokenizer.model_input_names
     module.export(str(tmp_path / "export"), tokenizer, {"task_kwargs": {}})
     loaded = transformers.AutoTokenizer.from_pretrained(str(tmp_path / "export"))
@@ -274,7 +267,7 @@ def test_load_module_from_export(kind, tokenizer, tmp_path):
     """headstart's module back from a head export (its weights, its labels and target scaling)."""
     from hydra.utils import get_class
 
-    module = moved_weights(_head(kind, _text_spec(TINY_BERT, tokenizer)))
+    module = moved_weights(_head(kind, text_spec(tokenizer, TINY_BERT)))
     target = {"sequence-mean": "headstart.heads.sequence_classification.SequenceClassifier",
               "token": "headstart.heads.token_classification.TokenClassifier",
               "regression": "headstart.heads.regression.Regressor"}[kind]
@@ -293,7 +286,7 @@ def test_an_export_that_would_compute_otherwise_is_reported(tokenizer, tmp_path,
     is not written silently as if it were."""
     from headstart.heads.token_classification import TokenClassifier
 
-    module = moved_weights(_head("token", _text_spec(TINY_BERT, tokenizer)))
+    module = moved_weights(_head("token", text_spec(tokenizer, TINY_BERT)))
     monkeypatch.setattr(TokenClassifier, "hf_outputs", lambda self, batch: (self(batch) + 1.0,))
     with caplog.at_level(logging.INFO, logger="headstart.transfer.export"):
         module.export(str(tmp_path / "export"), tokenizer, {})
@@ -307,10 +300,10 @@ def test_a_head_export_hands_its_backbone_off(tokenizer, tmp_path):
     from headstart.transfer.handoff import apply_handoff, read_weights
 
     for kind, new_kind in (("sequence-mean", "token"), ("token", "sequence-mean")):
-        source = moved_weights(_head(kind, _text_spec(TINY_BERT, tokenizer)))
+        source = moved_weights(_head(kind, text_spec(tokenizer, TINY_BERT)))
         export = tmp_path / kind / "export"
         source.export(str(export), tokenizer, {"source_run": "finetune-run", "config_hash": "beef"})
-        target = _head(new_kind, _text_spec(TINY_BERT, tokenizer))
+        target = _head(new_kind, text_spec(tokenizer, TINY_BERT))
         report = apply_handoff(target, str(export.parent))  # the run directory, as a user gives it
         assert report["loaded"] == sorted(target.backbone.state_dict()) and len(report["loaded"]) > 30
         assert report["new"] == ["head.1.bias", "head.1.weight"]
@@ -330,8 +323,8 @@ def test_exported_checkpoint_is_the_best_for_a_head(tokenizer, tmp_path):
     (tmp_path / "checkpoints").mkdir()
     last = tmp_path / "checkpoints" / "last.ckpt"
     torch.save({"state_dict": {}}, last)
-    head = moved_weights(_head("sequence-mean", _text_spec(TINY_BERT, tokenizer)), seed=1)
-    best_state = {k: v.clone() for k, v in moved_weights(_head("sequence-mean", _text_spec(TINY_BERT, tokenizer)),
+    head = moved_weights(_head("sequence-mean", text_spec(tokenizer, TINY_BERT)), seed=1)
+    best_state = {k: v.clone() for k, v in moved_weights(_head("sequence-mean", text_spec(tokenizer, TINY_BERT)),
                                                   seed=2).state_dict().items()}
     best = tmp_path / "checkpoints" / "epoch001-step8.ckpt"
     torch.save({"state_dict": best_state}, best)
@@ -341,7 +334,7 @@ def test_exported_checkpoint_is_the_best_for_a_head(tokenizer, tmp_path):
         str(best.resolve()), "best")
     assert all(torch.equal(v, best_state[k]) for k, v in head.state_dict().items())
 
-    pretraining = MaskedLanguageModeling(_text_spec(TINY_BERT, tokenizer), optimizer=None)
+    pretraining = MaskedLanguageModeling(text_spec(tokenizer, TINY_BERT), optimizer=None)
     before = {k: v.clone() for k, v in pretraining.state_dict().items()}
     no_monitor = SimpleNamespace(checkpoint_callback=SimpleNamespace(monitor=None, best_model_path=str(best)))
     assert _exported_checkpoint(no_monitor, pretraining, tmp_path, {"metrics_source": {}}) == (
@@ -362,7 +355,7 @@ def test_model_card(tokenizer, tmp_path):
     assert "AutoModel.from_pretrained" in card and "import headstart" not in card
     assert read_metadata(pretraining)["export_kind"] == "backbone"
 
-    module = moved_weights(_head("sequence-mean", _text_spec(TINY_BERT, tokenizer)))
+    module = moved_weights(_head("sequence-mean", text_spec(tokenizer, TINY_BERT)))
     lineage = {"path": str(pretraining), "config_hash": "feed", "config_sha256": "0abc", "objective": "MLM",
                "loaded": "backbone"}
     module.export(str(tmp_path / "export"), tokenizer, {
@@ -613,25 +606,6 @@ def head_predictions(head_runs, head_data, mlm_run, tmp_path_factory, shared_cac
             for name in jobs}
 
 
-def _best_answer(start: torch.Tensor, end: torch.Tensor, offsets: torch.Tensor, n_best: int, max_answer_length: int):
-    """The character span of an example's best answer over its windows, by the head's documented rule:
-    in each window, a start among its ``n_best`` highest-scoring context tokens and an end among its
-    ``n_best`` best, the end not before the start and at most ``max_answer_length`` tokens; the pair with
-    the highest sum of logits wins. Written out by enumeration."""
-    best = None
-    for w in range(start.size(0)):
-        context = [t for t in range(start.size(1)) if offsets[w, t, 0] >= 0]
-        starts = sorted(context, key=lambda t: -float(start[w, t]))[:n_best]
-        ends = sorted(context, key=lambda t: -float(end[w, t]))[:n_best]
-        for i in starts:
-            for j in ends:
-                if i <= j < i + max_answer_length:
-                    score = float(start[w, i] + end[w, j])
-                    if best is None or score > best[0]:
-                        best = (score, int(offsets[w, i, 0]), int(offsets[w, j, 1]))
-    return best[1:]
-
-
 def assert_predictions_match(kind: str, predicted: list[dict], out: dict[str, torch.Tensor], id2label: dict,
                              task_config: dict) -> None:
     """mode=predict's records against what the auto class computed on the same inputs."""
@@ -639,7 +613,7 @@ def assert_predictions_match(kind: str, predicted: list[dict], out: dict[str, to
     if kind == "qa":
         for e, record in enumerate(predicted):
             windows = out["window_example"] == e
-            begin, stop = _best_answer(out["start_logits"][windows], out["end_logits"][windows],
+            begin, stop = best_answer_by_enumeration(out["start_logits"][windows], out["end_logits"][windows],
                                        out["offsets"][windows], task_config.get("n_best", 20),
                                        task_config.get("max_answer_length", 30))
             assert (record["start"], record["end"]) == (begin, stop), e

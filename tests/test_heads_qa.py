@@ -58,6 +58,25 @@ def write_qa(path: Path, n_rows: int, seed: int) -> Path:
     return path
 
 
+def best_answer_by_enumeration(start: torch.Tensor, end: torch.Tensor, offsets: torch.Tensor, n_best: int, max_answer_length: int):
+    """The character span of an example's best answer over its windows, by the head's documented rule:
+    in each window, a start among its ``n_best`` highest-scoring context tokens and an end among its
+    ``n_best`` best, the end not before the start and at most ``max_answer_length`` tokens; the pair with
+    the highest sum of logits wins. Written out by enumeration."""
+    best = None
+    for w in range(start.size(0)):
+        context = [t for t in range(start.size(1)) if offsets[w, t, 0] >= 0]
+        starts = sorted(context, key=lambda t: -float(start[w, t]))[:n_best]
+        ends = sorted(context, key=lambda t: -float(end[w, t]))[:n_best]
+        for i in starts:
+            for j in ends:
+                if i <= j < i + max_answer_length:
+                    score = float(start[w, i] + end[w, j])
+                    if best is None or score > best[0]:
+                        best = (score, int(offsets[w, i, 0]), int(offsets[w, j, 1]))
+    return best[1:]
+
+
 def _rows(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()]
 

@@ -10,10 +10,9 @@ import random
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import TINY_BERT, TOPICS, make_sentence
+from conftest import TINY_BERT, TOPICS, make_sentence, text_spec
 
 from headstart.backbones.pooling import check_pooling, pool
-from headstart.backbones.text import TextBackboneSpec
 from headstart.data.text_lm import TextLMDataModule, sentence_pairs
 from headstart.data.tokenizer import train_tokenizer
 from headstart.errors import ConfigError
@@ -40,12 +39,6 @@ def wordpiece():
 @pytest.fixture(scope="module")
 def bpe():
     return train_tokenizer(iter([_texts(300)]), "bpe", 300, True, 64)
-
-
-def _spec(tokenizer, arch) -> TextBackboneSpec:
-    spec = TextBackboneSpec(arch=dict(arch))
-    spec.bind_tokenizer(tokenizer)
-    return spec
 
 
 # -- pooling -----------------------------------------------------------------------------------------
@@ -107,7 +100,7 @@ def _pair_batch(module, tokenizer, n: int = 8):
 
 def test_nsp_shortcut_matches_bert_for_pretraining(wordpiece):
     torch.manual_seed(0)
-    module = MaskedLanguageModeling(_spec(wordpiece, TINY_BERT), OPTIMIZER, next_sentence_prediction=True).eval()
+    module = MaskedLanguageModeling(text_spec(wordpiece, TINY_BERT), OPTIMIZER, next_sentence_prediction=True).eval()
     assert type(module.net).__name__ == "BertForPreTraining"
     batch = _pair_batch(module, wordpiece)
     assert (batch["labels"] != -100).any() and "token_type_ids" in batch
@@ -121,8 +114,8 @@ def test_nsp_shortcut_matches_bert_for_pretraining(wordpiece):
 
 def test_nsp_refuses_models_and_data_without_it(wordpiece, bpe):
     with pytest.raises(ConfigError, match="next-sentence head"):
-        MaskedLanguageModeling(_spec(bpe, TINY_GPT), OPTIMIZER, next_sentence_prediction=True)
-    module = MaskedLanguageModeling(_spec(wordpiece, TINY_BERT), OPTIMIZER, next_sentence_prediction=True)
+        MaskedLanguageModeling(text_spec(bpe, TINY_GPT), OPTIMIZER, next_sentence_prediction=True)
+    module = MaskedLanguageModeling(text_spec(wordpiece, TINY_BERT), OPTIMIZER, next_sentence_prediction=True)
     batch = _pair_batch(module, wordpiece)
     del batch["next_sentence_label"]
     with pytest.raises(ConfigError, match="data.packing=pairs"):
@@ -130,7 +123,7 @@ def test_nsp_refuses_models_and_data_without_it(wordpiece, bpe):
 
 
 def test_masked_lm_loss_of_a_batch_without_masked_tokens_is_zero(wordpiece):
-    module = MaskedLanguageModeling(_spec(wordpiece, TINY_BERT), OPTIMIZER)
+    module = MaskedLanguageModeling(text_spec(wordpiece, TINY_BERT), OPTIMIZER)
     enc = wordpiece(_texts(2), padding=True, return_tensors="pt")
     batch = {**enc, "labels": torch.full_like(enc["input_ids"], -100)}
     loss, logits, target = module(batch)
@@ -142,7 +135,7 @@ def test_masked_lm_loss_of_a_batch_without_masked_tokens_is_zero(wordpiece):
 @pytest.fixture(scope="module")
 def clm(bpe):
     torch.manual_seed(0)
-    module = CausalLanguageModeling(_spec(bpe, TINY_GPT), OPTIMIZER, sample_new_tokens=6, sample_top_k=5)
+    module = CausalLanguageModeling(text_spec(bpe, TINY_GPT), OPTIMIZER, sample_new_tokens=6, sample_top_k=5)
     collator = module.build_collator(bpe)
     enc = bpe(_texts(4, seed=2), return_special_tokens_mask=True)
     return module, collator([{k: v[i] for k, v in enc.items()} for i in range(4)])
@@ -178,7 +171,7 @@ def test_causal_lm_sample_is_seeded_and_leaves_the_training_rng_alone(clm, bpe):
 @pytest.fixture(scope="module")
 def simcse(wordpiece):
     torch.manual_seed(0)
-    module = SimCSE(_spec(wordpiece, TINY_BERT), OPTIMIZER, temperature=0.05, pooling="mean", gather_negatives=False)
+    module = SimCSE(text_spec(wordpiece, TINY_BERT), OPTIMIZER, temperature=0.05, pooling="mean", gather_negatives=False)
     batch = module.build_collator(wordpiece)([wordpiece(t) for t in _texts(6, seed=3)])
     return module, batch
 

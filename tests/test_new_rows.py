@@ -9,7 +9,8 @@ import json
 
 import pytest
 import torch
-from conftest import TINY_BERT, TOPICS, moved_weights, small_tokenizer
+from conftest import TOPICS, moved_weights, small_tokenizer, text_spec
+from test_heads_qa import best_answer_by_enumeration
 
 from headstart.errors import DataError
 
@@ -20,14 +21,6 @@ TAGS = ["O", "B-LOC", "B-PER", "I-PER"]
 @pytest.fixture(scope="module")
 def tokenizer():
     return small_tokenizer()
-
-
-def _spec(tokenizer):
-    from headstart.backbones.text import TextBackboneSpec
-
-    spec = TextBackboneSpec(arch=TINY_BERT)
-    spec.bind_tokenizer(tokenizer)
-    return spec
 
 
 # -- sequence classification and regression --------------------------------------------------------------------
@@ -47,7 +40,7 @@ def test_text_rows_keep_every_row_to_predict_and_skip_what_training_skips(tokeni
     labelled = data.read_new_rows("test", [str(path)], labelled=True)  # the row without text is skipped
     assert labelled.ids == ["x7", "x11"] and [e["labels"] for e in labelled.examples] == [0, 2]
 
-    module = moved_weights(SequenceClassifier(_spec(tokenizer), None, 3, label_names=TOPIC_NAMES))
+    module = moved_weights(SequenceClassifier(text_spec(tokenizer), None, 3, label_names=TOPIC_NAMES))
     batch = module.build_collator(tokenizer)(rows.examples)
     with torch.no_grad():
         predicted = module.predictions(batch)
@@ -80,7 +73,7 @@ def test_regression_rows_and_predictions_in_the_data_units(tokenizer, tmp_path):
     data.bind_model(tokenizer, {"num_targets": 2, "target_mean": [3.0, -10.0], "target_std": [2.0, 50.0]})
     rows = data.read_new_rows("test", [str(path)], labelled=True)
     assert rows.ids == [0, 1] and [e["labels"] for e in rows.examples] == [[1.0, 2.0], [3.5, 4.0]]
-    module = moved_weights(Regressor(_spec(tokenizer), None, num_targets=2, target_mean=[3.0, -10.0], target_std=[2.0, 50.0]))
+    module = moved_weights(Regressor(text_spec(tokenizer), None, num_targets=2, target_mean=[3.0, -10.0], target_std=[2.0, 50.0]))
     batch = module.build_collator(tokenizer)(rows.examples)
     with torch.no_grad():
         scaled = module(batch)
@@ -110,7 +103,7 @@ def test_tagged_rows_mark_each_word_and_the_tagger_reads_it_there(tokenizer, tmp
         # Prediction marks each word's first sub-token only (label_all_tokens is for training).
         assert [t for t, label in enumerate(example["labels"]) if label != -100] == first
 
-    module = moved_weights(TokenClassifier(_spec(tokenizer), None, 4, label_names=TAGS))
+    module = moved_weights(TokenClassifier(text_spec(tokenizer), None, 4, label_names=TAGS))
     batch = module.build_collator(tokenizer)(rows.examples)
     with torch.no_grad():
         predicted = module.predictions(batch)
@@ -137,20 +130,6 @@ def test_tagged_rows_mark_each_word_and_the_tagger_reads_it_there(tokenizer, tmp
 
 
 # -- question answering ---------------------------------------------------------------------------------------
-def _best_span(start, end, offsets, max_answer_length):
-    """The highest-scoring context span over all windows, by brute force."""
-    best = None
-    for w in range(start.size(0)):
-        for i in range(start.size(1)):
-            for j in range(i, min(i + max_answer_length, start.size(1))):
-                if offsets[w][i][0] < 0 or offsets[w][j][0] < 0:
-                    continue
-                score = float(start[w, i] + end[w, j])
-                if best is None or score > best[0]:
-                    best = (score, offsets[w][i][0], offsets[w][j][1])
-    return best[1:]
-
-
 def test_questions_become_windows_and_the_answer_is_the_best_span(tokenizer, tmp_path):
     from headstart.data.question_answering import QuestionAnsweringDataModule
     from headstart.heads.question_answering import QuestionAnswering
@@ -165,7 +144,7 @@ def test_questions_become_windows_and_the_answer_is_the_best_span(tokenizer, tmp
     rows = data.read_new_rows("predict", [str(path)], labelled=False)
     assert rows.ids == [0, 1] and len(rows.examples[0]["input_ids"]) > 1  # the long context: several windows
 
-    module = moved_weights(QuestionAnswering(_spec(tokenizer), None, max_answer_length=5))
+    module = moved_weights(QuestionAnswering(text_spec(tokenizer), None, max_answer_length=5))
     batch = module.build_collator(tokenizer)(rows.examples)
     with torch.no_grad():
         predicted = module.predictions(batch)
@@ -178,7 +157,8 @@ def test_questions_become_windows_and_the_answer_is_the_best_span(tokenizer, tmp
                                                                strict=True)] for k in range(len(windows))]
         length = max(len(o) for o in offsets)
         offsets = [o + [(-1, -1)] * (length - len(o)) for o in offsets]
-        begin, stop = _best_span(start[windows][:, :length], end[windows][:, :length], offsets, 5)
+        begin, stop = best_answer_by_enumeration(start[windows][:, :length], end[windows][:, :length],
+                                                 torch.tensor(offsets), module.n_best, 5)
         assert (p["start"], p["end"]) == (begin, stop)
         assert p["answer"] == row["context"][begin:stop].strip()
 

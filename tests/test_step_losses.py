@@ -12,9 +12,8 @@ import random
 
 import pytest
 import torch
-from conftest import TINY_BERT, TOPICS, make_sentence
+from conftest import TINY_BERT, TOPICS, make_sentence, text_spec
 
-from headstart.backbones.text import TextBackboneSpec
 from headstart.backbones.vision import VisionBackboneSpec
 from headstart.data.tokenizer import train_tokenizer
 from headstart.data.vision import ImageProcessor
@@ -67,12 +66,6 @@ def wordpiece():
     rng = random.Random(0)
     texts = [make_sentence(rng, rng.choice(sorted(TOPICS)), n_words=8) for _ in range(300)]
     return train_tokenizer(iter([texts]), "wordpiece", 200, True, 64)
-
-
-def _text_spec(tokenizer, arch=TINY_BERT) -> TextBackboneSpec:
-    spec = TextBackboneSpec(arch=dict(arch))
-    spec.bind_tokenizer(tokenizer)
-    return spec
 
 
 def _texts(n: int, seed: int = 3) -> list[str]:
@@ -174,7 +167,7 @@ def test_simcse_step_contrasts_two_dropout_views_of_each_text(wordpiece):
     from headstart.objectives.simcse import SimCSE
 
     torch.manual_seed(0)
-    simcse = SimCSE(_text_spec(wordpiece, {**TINY_BERT, "hidden_dropout_prob": 0.3}), ADAMW, temperature=0.05,
+    simcse = SimCSE(text_spec(wordpiece, {**TINY_BERT, "hidden_dropout_prob": 0.3}), ADAMW, temperature=0.05,
                     pooling="mean", gather_negatives=False).train()
     logged = LogRecorder(simcse)
     batch = _text_batch(wordpiece)
@@ -280,7 +273,7 @@ def test_masked_lm_step_scores_each_masked_row_against_its_own_label(wordpiece):
     from headstart.objectives.masked_lm import MaskedLanguageModeling
 
     torch.manual_seed(0)
-    mlm = MaskedLanguageModeling(_text_spec(wordpiece), ADAMW, mlm_probability=0.3).eval()
+    mlm = MaskedLanguageModeling(text_spec(wordpiece), ADAMW, mlm_probability=0.3).eval()
     collator = mlm.build_collator(wordpiece)
     torch.manual_seed(2)
     batch = collator([wordpiece(t) for t in _texts(6)])
@@ -304,7 +297,7 @@ def test_sequence_classifier_step_is_cross_entropy_of_the_pooled_tokens(wordpiec
     from headstart.heads.sequence_classification import SequenceClassifier
 
     torch.manual_seed(0)
-    head = SequenceClassifier(_text_spec(wordpiece), ADAMW, num_labels=3, pooling=pooling).eval()
+    head = SequenceClassifier(text_spec(wordpiece), ADAMW, num_labels=3, pooling=pooling).eval()
     batch = {**_text_batch(wordpiece), "labels": torch.tensor([0, 2, 1, 1, 0, 2])}
     hidden = head.net(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
     pooled = masked_mean(hidden, batch["attention_mask"]) if pooling == "mean" else hidden[:, 0]
@@ -331,7 +324,7 @@ def test_token_classifier_step_scores_labelled_tokens_only(wordpiece):
     from headstart.heads.token_classification import TokenClassifier
 
     torch.manual_seed(0)
-    head = TokenClassifier(_text_spec(wordpiece), ADAMW, num_labels=3, label_names=["O", "B-X", "I-X"]).eval()
+    head = TokenClassifier(text_spec(wordpiece), ADAMW, num_labels=3, label_names=["O", "B-X", "I-X"]).eval()
     batch = _text_batch(wordpiece)
     labels = torch.randint(0, 3, batch["input_ids"].shape, generator=torch.Generator().manual_seed(4))
     labels = labels.masked_fill(batch["attention_mask"] == 0, -100)
@@ -348,7 +341,7 @@ def test_question_answering_step_is_the_mean_of_start_and_end_cross_entropy_over
     from headstart.heads.question_answering import QuestionAnswering
 
     torch.manual_seed(0)
-    head = QuestionAnswering(_text_spec(wordpiece), ADAMW).eval()
+    head = QuestionAnswering(text_spec(wordpiece), ADAMW).eval()
     batch = _text_batch(wordpiece)
     lengths = batch["attention_mask"].sum(-1)
     starts, ends = lengths // 3, lengths // 2
@@ -368,7 +361,7 @@ def test_regressor_step_learns_standardised_targets_and_predicts_in_data_units(w
     from headstart.heads.regression import Regressor
 
     torch.manual_seed(0)
-    head = Regressor(_text_spec(wordpiece), ADAMW, loss=loss_name, huber_delta=0.5, target_mean=[3.0],
+    head = Regressor(text_spec(wordpiece), ADAMW, loss=loss_name, huber_delta=0.5, target_mean=[3.0],
                      target_std=[2.0]).eval()
     batch = _text_batch(wordpiece)
     targets = torch.tensor([1.0, 5.0, 3.0, 9.0, -1.0, 4.0])
