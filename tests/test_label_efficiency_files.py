@@ -9,10 +9,12 @@ import json
 import random
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 from conftest import TOPICS, assert_user_error, logged, make_sentence, run_train, write_corpus
 
+from headstart.pipeline import intervals
 from headstart.pipeline.runner import candidate_name
 
 
@@ -121,3 +123,92 @@ def test_pretrain_from_a_directory_without_an_export_is_a_user_error(review_file
 def test_files_pipeline_without_its_files_names_them(tmp_path):
     proc = run_train(["experiment=label_efficiency_text_files", "logger=none"], tmp_path)
     assert_user_error(proc, "pipeline.files.corpus")
+
+
+def _normalized(text: str) -> str:
+    return " ".join(text.lower().split())
+
+
+def _texts(path: Path) -> list[str]:
+    if path.suffix == ".txt":
+        return [_normalized(line) for line in path.read_text().splitlines() if line.strip()]
+    with open(path, newline="", encoding="utf-8") as f:
+        return [_normalized(row["sentence"]) for row in csv.DictReader(f, delimiter="\t")]
+
+
+def _test_file_with_copies(review_files: Path, path: Path, new_rows: int) -> Path:
+    """The training file's rows, then the dev file's, then ``new_rows`` new ones: a test file like the
+    first shared reviews' (whose test file was their train and dev files)."""
+    rows = []
+    for source in ("train.tsv", "dev.tsv"):
+        with open(review_files / source, newline="", encoding="utf-8") as f:
+            rows.extend(list(csv.reader(f, delimiter="\t"))[1:])
+    write_reviews(path.with_suffix(".new.tsv"), new_rows, seed=7)
+    with open(path.with_suffix(".new.tsv"), newline="", encoding="utf-8") as f:
+        rows.extend(list(csv.reader(f, delimiter="\t"))[1:])
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f, delimiter="\t")
+        writer.writerow(["sentence", "label"])
+        writer.writerows(rows)
+    return path
+
+
+@pytest.mark.slow
+def test_test_rows_that_repeat_the_train_or_dev_file_are_dropped_counted_per_pair_and_reported(review_files, tmp_path):
+    test_file = _test_file_with_copies(review_files, tmp_path / "test_plus.tsv", new_rows=150)
+    proc = run_train(["experiment=label_efficiency_text_files", *files_overrides(review_files),
+                      f"pipeline.files.test=[{test_file}]", 'pipeline.pretrain.overrides=["trainer.max_epochs=1"]',
+                      'pipeline.finetune.overrides=["trainer.max_steps=10"]', "pipeline.label_counts=[6]",
+                      "pipeline.seeds=[0,1]", "pipeline.learning_rates=null", "pipeline.finetune.search=null"],
+                     tmp_path / "run")
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    out = pipeline_dir(tmp_path / "run")
+
+    # Shared rows per pair, computed here from the files.
+    texts = {"train": _texts(review_files / "train.tsv"), "validation": _texts(review_files / "dev.tsv"),
+             "test": _texts(test_file), "corpus": _texts(review_files / "corpus.txt")}
+    names = list(texts)
+    expected_pairs = {f"{a}/{b}": {a: sum(t in set(texts[b]) for t in texts[a]),
+                                   b: sum(t in set(texts[a]) for t in texts[b])}
+                      for i, a in enumerate(names) for b in names[i + 1:]}
+    assert expected_pairs["train/test"]["test"] >= 90 and expected_pairs["validation/test"]["test"] >= 45
+    kept = [t for t in texts["test"] if t not in set(texts["train"]) | set(texts["validation"]) | set(texts["corpus"])]
+    from_dev = sum(t in set(texts["validation"]) and t not in set(texts["train"]) for t in texts["test"])
+    assert len(kept) >= 100 and from_dev >= 40
+
+    record = json.loads((out / "pipeline.json").read_text())
+    for name in ("finetune/labels-n6-seed0", "scratch/labels-n6-seed1"):
+        run = record["stages"][name]
+        overlap = run["split_overlap"]
+        assert overlap["pairs"] == expected_pairs
+        assert overlap["rows"] == {split: len(t) for split, t in texts.items()}
+        dropped = overlap["dropped"]["test"]
+        assert dropped["of"] == len(texts["test"]) and dropped["kept"] == len(kept) == run["test_examples"]
+        assert dropped["by"]["validation"] == from_dev  # the dev copies are dropped too
+        assert dropped["by"]["train"] + dropped["by"]["validation"] + dropped["by"].get("corpus", 0) == dropped["rows"]
+        # Every kept test example's prediction is on disk; they give the logged test accuracy.
+        outputs = np.load(run["test_outputs"]["file"])
+        assert len(outputs["targets"]) == len(kept)
+        assert float((outputs["predictions"] == outputs["targets"]).mean()) == pytest.approx(run["metrics"]["test/acc"],
+                                                                                             abs=1e-6)
+    assert record["report"]["split_overlap"] == record["stages"]["finetune/labels-n6-seed0"]["split_overlap"]
+    [row] = record["label_efficiency"]
+    assert row["gain_interval"] == intervals.BOOTSTRAP and row["gain_low"] <= row["gain"] <= row["gain_high"]
+    with open(out / "label_efficiency_summary.csv") as f:
+        [summary] = list(csv.DictReader(f))
+    assert float(summary["gain_low"]) == pytest.approx(row["gain_low"])
+
+    table = (out / "results_table.txt").read_text()
+    flat = " ".join(table.split())
+    assert (f"Test rows dropped: {dropped['rows']} of the test file's {len(texts['test'])}, because their text is also "
+            f"in (training split {dropped['by']['train']}, dev (validation) split {from_dev}") in flat, table
+    assert f"on the {len(kept)} test examples" in flat and "95% interval of the gain: a paired bootstrap" in flat
+
+
+def test_a_test_file_left_too_small_by_dropping_copies_stops_the_pipeline_before_it_trains(review_files, tmp_path):
+    test_file = _test_file_with_copies(review_files, tmp_path / "test_plus.tsv", new_rows=20)
+    proc = run_train(["experiment=label_efficiency_text_files", *files_overrides(review_files),
+                      f"pipeline.files.test=[{test_file}]"], tmp_path)
+    assert_user_error(proc, f"rows of the test split ({test_file})", "would leave 20 test rows",
+                      "data.min_test_rows=100", f"the dev (validation) split ({review_files / 'dev.tsv'})")
+    assert not list(tmp_path.glob("outputs/*/*/pretrain")), "the pipeline trained before refusing its test file"

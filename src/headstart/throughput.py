@@ -67,17 +67,42 @@ _IMPORTED = time.time()
 
 class ThroughputMonitor(_LightningThroughputMonitor):
     """Also times the first optimizer step, from the process's start and from the stage's, the wait a
-    user has before training runs (imports, tokenization, model build): ``time_to_first_step``."""
+    user has before training runs (imports, tokenization, model build): ``time_to_first_step``; and,
+    once ``expect_after`` more steps are timed, logs the training's expected time (``expected_training``)
+    when it is a minute or more."""
 
-    def __init__(self, window_size: int = 20, **kwargs) -> None:
+    def __init__(self, window_size: int = 20, expect_after: int = 50, **kwargs) -> None:
         super().__init__(batch_size_fn=examples_in_batch, length_fn=items_in_batch, window_size=window_size, **kwargs)
         self._stage_started = time.time()
         self.time_to_first_step: dict[str, float] | None = None
+        self.expect_after = expect_after
+        self.expected_training: dict[str, float] | None = None
+        self._timing_from: tuple[int, float] | None = None
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, *args) -> None:
         super().on_train_batch_end(trainer, pl_module, outputs, batch, *args)
-        if self.time_to_first_step is None and trainer.is_global_zero:
+        if not trainer.is_global_zero:
+            return
+        if self.time_to_first_step is None:
             self.time_to_first_step = {"since_process_start_s": round(process_age(), 3),
                                        "since_stage_start_s": round(time.time() - self._stage_started, 3)}
             log.info("First optimizer step %.1f s after the process started (%.1f s after this stage started)",
                      *self.time_to_first_step.values())
+        if self._timing_from is None:  # timed from the first step on: it carries one-off costs
+            self._timing_from = (trainer.global_step, time.perf_counter())
+        elif self.expected_training is None and trainer.global_step - self._timing_from[0] >= self.expect_after:
+            self._expect(trainer)
+
+    def _expect(self, trainer) -> None:
+        """The steps still to run at the rate of those timed (validation included, as it comes)."""
+        steps, since = trainer.global_step - self._timing_from[0], time.perf_counter() - self._timing_from[1]
+        total = trainer.estimated_stepping_batches
+        rate = steps / since if since > 0 else 0.0
+        if not rate or total == float("inf"):
+            return
+        remaining = max(total - trainer.global_step, 0) / rate
+        self.expected_training = {"steps": int(total), "steps_per_s": round(rate, 2), "remaining_s": round(remaining, 1)}
+        if remaining >= 60:
+            log.info("Expected training time: %.1f min more for the remaining %d of %d optimizer steps (%.1f steps/s so "
+                     "far; trainer.max_steps and trainer.max_epochs bound them)", remaining / 60,
+                     total - trainer.global_step, total, rate)

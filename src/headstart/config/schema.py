@@ -138,10 +138,15 @@ class TextClassificationDataConfig(TextDataConfig, LabelAmountFields, group="sch
                                    name="text_classification"):
     _target_: str = "headstart.data.text_classification.TextClassificationDataModule"
     label_column: str = "label"
-    # Validation/test rows with the text of a training row (or of a row of overlap_files, e.g. the
-    # pretraining corpus) are counted in the log; true: dropped, so metrics measure generalisation.
+    # Rows shared by each pair of splits (and overlap_files, e.g. the pretraining corpus) are counted in
+    # the log and results.json; true: dev rows that repeat the training split or the corpus, and test
+    # rows that repeat either or the dev split, are dropped, so metrics measure generalisation.
     drop_eval_overlap: bool = False
     overlap_files: list[str] = field(default_factory=list)
+    # The smallest test dropping may leave: fewer rows, or a smaller share of the test file, stops the
+    # run before training (a score on a few leftover rows says little).
+    min_test_rows: int = 100
+    min_test_share: float = 0.2
     # Rows whose label is null are refused (naming the first); true: dropped, with a count in the log.
     drop_missing_labels: bool = False
 

@@ -16,8 +16,8 @@ from typing import Any
 
 import lightning.pytorch as pl
 
-from headstart.config.schema import TextDataConfig
-from headstart.data import builtin, files
+from headstart.config.schema import TextClassificationDataConfig, TextDataConfig
+from headstart.data import builtin, files, overlap
 from headstart.data.loaders import SplitLoaders
 from headstart.data.new_rows import NewRows, no_rows, row_ids
 from headstart.data.tokenizer import load_tokenizer, tokenizer_fingerprint, train_tokenizer
@@ -83,9 +83,17 @@ class TextDataModule(SplitLoaders, pl.LightningDataModule):
         self.datasets = None
         self.collator = None
         self.loaded_from_cache = False
+        self.split_overlap: dict[str, Any] | None = None  # rows shared between splits (results.json)
 
     # -- what subclasses define -------------------------------------------------------------
     required_columns: tuple[str, ...] = ()
+    #: Held-out evaluation (headstart.data.overlap), set by modules whose config has the settings
+    #: (labelled text): drop evaluation rows that repeat another split, the pretraining corpus's files,
+    #: and the smallest test that dropping may leave.
+    drop_eval_overlap: bool = False
+    overlap_files: tuple[str, ...] | list[str] = ()
+    min_test_rows: int = TextClassificationDataConfig.min_test_rows
+    min_test_share: float = TextClassificationDataConfig.min_test_share
     #: Hold out the validation rows as the last rows of the training files, in file order, instead of
     #: rows at random: for data whose examples are built from neighbouring lines (sentence pairs).
     ordered_validation_split: bool = False
@@ -118,14 +126,7 @@ class TextDataModule(SplitLoaders, pl.LightningDataModule):
         """
         import datasets
 
-        split_files = self.resolved_files()
-        raw = self._load_raw(split_files)
-        self._check_rows(raw)
-        if "validation" not in raw:
-            parts = raw["train"].train_test_split(test_size=self.val_fraction, seed=self.seed,
-                                                  shuffle=not self.ordered_validation_split)
-            raw["train"], raw["validation"] = parts["train"], parts["test"]
-        self._check_raw(raw)
+        split_files, raw = self.read_splits()
         source = tokenizer_source or self.tokenizer_path
         self.tokenizer = load_tokenizer(source) if source else self._trained_tokenizer(raw["train"], split_files)
         self._check_tokenizer(source)
@@ -153,6 +154,40 @@ class TextDataModule(SplitLoaders, pl.LightningDataModule):
                 _save_atomic(tokenized, cache_path)
                 self.datasets = datasets.load_from_disk(str(cache_path))
         self.datasets.set_format("torch")
+
+    def read_splits(self):
+        """The files read and checked as training reads them, without tokenizing: rows, the validation
+        split (carved out of training when there is no dev file), rows shared between splits (and the
+        evaluation rows dropped for it), labels. Returns the split files and the raw splits. Also what a
+        pipeline calls before its first stage trains, so bad data stops it before any training."""
+        split_files = self.resolved_files()
+        raw = self._load_raw(split_files)
+        self._check_rows(raw)
+        if "validation" not in raw:
+            parts = raw["train"].train_test_split(test_size=self.val_fraction, seed=self.seed,
+                                                  shuffle=not self.ordered_validation_split)
+            raw["train"], raw["validation"] = parts["train"], parts["test"]
+        self.split_overlap = self._check_overlap(raw, split_files)
+        self._check_raw(raw)
+        return split_files, raw
+
+    def _check_overlap(self, raw, split_files: dict[str, list[str]]) -> dict[str, Any] | None:
+        """Rows shared by each pair of splits and the pretraining corpus (``overlap_files``), counted;
+        with ``drop_eval_overlap``, evaluation rows that repeat them dropped."""
+        if any("text" not in ds.column_names for ds in raw.values()):
+            return None
+        corpus = None
+        names = {split: ", ".join(paths) for split, paths in split_files.items() if paths}
+        if self.overlap_files:
+            # Read under the name "overlap", so a bad file's message names its setting, data.overlap_files.
+            loaded = files.load_files({"overlap": list(self.overlap_files)}, self.text_column,
+                                      os.path.join(self.cache_dir, "hf_datasets"), delimiter=self.delimiter)
+            corpus = overlap.normalized_column(loaded["overlap"])
+            names["corpus"] = ", ".join(self.overlap_files)
+        if "validation" not in split_files and "train" in names:
+            names["validation"] = f"held out of {names['train']} by data.val_fraction"
+        return overlap.check_splits(raw, corpus, drop=self.drop_eval_overlap, files=names,
+                                    min_rows=self.min_test_rows, min_share=self.min_test_share)
 
     def _load_raw(self, split_files: dict[str, list[str]]):
         """The raw splits, a DatasetDict with a ``text`` column (what the tokenizer is trained on)."""

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 
 from headstart.config.schema import TextClassificationDataConfig
 from headstart.data import files, overlap
@@ -26,6 +25,8 @@ class TextClassificationDataModule(TextDataModule):
                  label_sampling: str = TextClassificationDataConfig.label_sampling,
                  drop_eval_overlap: bool = TextClassificationDataConfig.drop_eval_overlap,
                  overlap_files: list[str] | None = None,
+                 min_test_rows: int = TextClassificationDataConfig.min_test_rows,
+                 min_test_share: float = TextClassificationDataConfig.min_test_share,
                  drop_missing_labels: bool = TextClassificationDataConfig.drop_missing_labels,
                  **kwargs) -> None:
         self.label_amount = LabelAmount(label_fraction, label_count, label_sampling)
@@ -33,6 +34,7 @@ class TextClassificationDataModule(TextDataModule):
         self.drop_eval_overlap = drop_eval_overlap
         self.drop_missing_labels = drop_missing_labels
         self.overlap_files = list(overlap_files or [])
+        self.min_test_rows, self.min_test_share = min_test_rows, min_test_share
         self.label_column = label_column
         self.required_columns = (label_column,)
         self.label_names: list[str] = []
@@ -91,7 +93,6 @@ class TextClassificationDataModule(TextDataModule):
         self._check_label_types(raw)
 
     def _check_raw(self, raw) -> None:
-        self._hold_out_training_text(raw)
         train_labels = raw["train"].unique(self.label_column)
         self.label_names = [str(v) for v in sorted(train_labels, key=lambda v: (str(type(v)), v))]
         known = set(self.label_names)
@@ -105,21 +106,10 @@ class TextClassificationDataModule(TextDataModule):
         if len(self.label_names) < 2:
             raise DataError(f"The training split has a single label {self.label_names}; classification needs two or more.")
 
-    def _hold_out_training_text(self, raw) -> None:
-        """Validation/test rows with the text of a training row, or of a row of data.overlap_files (a
-        pretraining corpus), are counted, and dropped with data.drop_eval_overlap."""
-        seen = overlap.normalized_texts(raw["train"])
-        seen_from = "the training split"
-        if self.overlap_files:
-            corpus = files.load_files({"overlap": self.overlap_files}, self.text_column,
-                                      os.path.join(self.cache_dir, "hf_datasets"), delimiter=self.delimiter)
-            seen |= overlap.normalized_texts(corpus["overlap"])
-            seen_from += f" or of data.overlap_files {self.overlap_files}"
-        overlap.hold_out(raw, seen, self.drop_eval_overlap, seen_from)
-
     def _cache_settings(self):
-        held_out = {"drop_eval_overlap": True, "overlap_files": files.fingerprint(self.overlap_files)} \
-            if self.drop_eval_overlap else {}
+        # held_out_from: what a dropped evaluation row may repeat (the test: the dev split too, since issue 20).
+        held_out = {"drop_eval_overlap": True, "overlap_files": files.fingerprint(self.overlap_files),
+                    "held_out_from": overlap.HELD_OUT_FROM} if self.drop_eval_overlap else {}
         dropped = {"drop_missing_labels": True} if self.drop_missing_labels else {}
         return {"labels": self.label_names, "label_column": self.label_column, **held_out, **dropped}
 

@@ -17,6 +17,8 @@ class Classifier(SupervisedHead):
     """Backbone features -> dropout -> linear. Subclasses say how a batch becomes one vector per
     example (:meth:`features`)."""
 
+    per_example_metrics = ("acc", "f1")
+
     def __init__(self, backbone, optimizer, num_labels: int, scheduler=None,
                  label_names: list[str] | None = None,
                  classifier_dropout: float = HeadConfig.classifier_dropout, **kwargs) -> None:

@@ -26,6 +26,8 @@ LOSSES = ("mse", "mae", "huber")
 
 
 class Regressor(SupervisedHead):
+    per_example_metrics = ("mse", "mae")
+
     def __init__(self, backbone, optimizer, scheduler=None, num_targets: int = 1,
                  pooling: str = RegressionConfig.pooling,
                  classifier_dropout: float = RegressionConfig.classifier_dropout,

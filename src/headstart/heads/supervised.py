@@ -28,6 +28,10 @@ class SupervisedHead(HeadstartModule):
     #: Tokenizer outputs the head reads besides input_ids and attention_mask; the exported tokenizer
     #: returns them by default.
     model_inputs: tuple[str, ...] = ()
+    #: Test metrics that are computed from one prediction and one target per example (see
+    #: ``headstart.pipeline.intervals``): for these the test pass keeps every example's prediction, so a
+    #: pipeline can resample the test examples for the gain's interval. Empty: not kept.
+    per_example_metrics: tuple[str, ...] = ()
 
     def init_metrics(self, metrics: MetricCollection) -> None:
         self.val_metrics = metrics.clone(prefix="val/")
@@ -47,16 +51,31 @@ class SupervisedHead(HeadstartModule):
         self.log_split("train", {"loss": loss}, batch_size=size, prog_bar=True)
         return loss
 
-    def _eval_step(self, batch, split: str, metrics: MetricCollection) -> None:
+    def _eval_step(self, batch, split: str, metrics: MetricCollection):
         loss, predictions, targets, size = self.step(batch)
         self.log_split(split, {"loss": loss}, batch_size=size)
         metrics.update(predictions, targets)
+        return predictions, targets
 
     def validation_step(self, batch, batch_idx):
         self._eval_step(batch, "val", self.val_metrics)
 
+    def on_test_epoch_start(self):
+        self.test_outputs: list[tuple[torch.Tensor, torch.Tensor]] = []
+
     def test_step(self, batch, batch_idx):
-        self._eval_step(batch, "test", self.test_metrics)
+        predictions, targets = self._eval_step(batch, "test", self.test_metrics)
+        if self.per_example_metrics:
+            self.test_outputs.append((predictions.detach().float().cpu(), targets.detach().float().cpu()))
+
+    def per_example_test_outputs(self) -> dict[str, Any] | None:
+        """The last test pass's prediction and target of every example, in the test split's order, as
+        arrays (None: the head keeps none, or the pass was split across processes)."""
+        outputs = getattr(self, "test_outputs", None)
+        if not self.per_example_metrics or not outputs or self.trainer.world_size > 1:
+            return None
+        predictions, targets = (torch.cat(parts).numpy() for parts in zip(*outputs, strict=True))
+        return {"predictions": predictions, "targets": targets}
 
     def predict_step(self, batch, batch_idx):
         """mode=predict: the batch's predictions, one record per example (:meth:`predictions`)."""

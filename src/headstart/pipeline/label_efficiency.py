@@ -13,11 +13,14 @@ import statistics
 from pathlib import Path
 from typing import Any
 
+from headstart.data import overlap
+from headstart.pipeline import intervals
 from headstart.pipeline import report as results_report
 
 log = logging.getLogger(__name__)
 
 CSV_NAME = "label_efficiency.csv"
+SUMMARY_CSV_NAME = "label_efficiency_summary.csv"
 PLOT_NAME = "label_efficiency.png"
 PLOT_PDF_NAME = "label_efficiency.pdf"
 MODELS = {"finetune": "pretrained + fine-tuned", "scratch": "from scratch"}
@@ -28,9 +31,11 @@ def summarize(runs: list[dict[str, Any]], lower_is_better: bool = False) -> list
     """Per amount of labels (``labels``: "5%", "100", "all"), in order of the number of labelled
     examples: each model's mean, std (sample, n−1; 0 for one seed), min, max and per-seed values
     (``<model>_values`` in the order of ``<model>_seeds``), the gain of pretraining (difference of the
-    means), on how many seeds the pretrained model beat the scratch one of the same seed (``lower_is_better``:
-    for errors and losses, beat means scored lower), the size of the test split and the trivial
-    baseline's score (``baseline``, the mean over the runs where they differ)."""
+    means) with its 95% interval (``gain_low``, ``gain_high``, ``gain_interval``: how it was computed,
+    see ``intervals.gain_interval``), on how many seeds the pretrained model beat the scratch one of the
+    same seed (``lower_is_better``: for errors and losses, beat means scored lower; a tie is no win), the
+    size of the test split and the trivial baseline's score (``baseline``, the mean over the runs where
+    they differ)."""
     rows = []
     for labels in dict.fromkeys(r["labels"] for r in runs):
         group = [r for r in runs if r["labels"] == labels]
@@ -56,6 +61,10 @@ def summarize(runs: list[dict[str, Any]], lower_is_better: bool = False) -> list
             better = (lambda a, b: a < b) if lower_is_better else (lambda a, b: a > b)
             row["seeds_won"] = sum(better(by_seed[("finetune", s)], by_seed[("scratch", s)]) for s in paired)
             row["seeds_paired"] = len(paired)
+            interval = intervals.gain_interval([r for r in group if r["model"] == "finetune"],
+                                               [r for r in group if r["model"] == "scratch"], group[0]["metric"])
+            if interval:
+                row.update(gain_low=interval["low"], gain_high=interval["high"], gain_interval=interval["method"])
         rows.append(row)
     return sorted(rows, key=lambda r: (r["train_examples"] is None, r["train_examples"] or 0))
 
@@ -69,12 +78,27 @@ def amount_label(row: dict[str, Any]) -> str:
 
 
 def write_csv(runs: list[dict[str, Any]], path: Path) -> None:
+    """One row per run (``test_outputs``: its per-example test predictions, ``test_outputs.npz``)."""
     with path.open("w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=["labels", "label_fraction", "label_count", "train_examples", "seed",
                                                "model", "learning_rate", "metric", "value", "test_examples",
-                                               "baseline", "output_dir"])
+                                               "baseline", "output_dir", "test_outputs"])
         writer.writeheader()
         writer.writerows(runs)
+
+
+SUMMARY_COLUMNS = ["labels", "train_examples", "finetune_mean", "finetune_std", "finetune_n", "scratch_mean",
+                   "scratch_std", "scratch_n", "gain", "gain_low", "gain_high", "gain_interval", "seeds_won",
+                   "seeds_paired", "test_examples", "baseline"]
+
+
+def write_summary_csv(summary: list[dict[str, Any]], path: Path) -> None:
+    """One row per amount of labels: each model's mean, std and n, the gain with its 95% interval, the
+    seeds won, the test split's size and the trivial baseline."""
+    with path.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=SUMMARY_COLUMNS, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(summary)
 
 
 def plot(summary: list[dict[str, Any]], metric: str, path: Path,
@@ -159,7 +183,7 @@ def print_summary(summary: list[dict[str, Any]], metric: str, out: Path, context
     table.add_column("labelled examples", justify="right")
     for label in MODELS.values():
         table.add_column(label, justify="right")
-    table.add_column("gain", justify="right")
+    table.add_column("gain [95% interval]", justify="right")
     table.add_column("seeds won", justify="right")
     kind = (context.get("baseline") or {}).get("kind")
     if kind:
@@ -170,6 +194,8 @@ def print_summary(summary: list[dict[str, Any]], metric: str, out: Path, context
     for row in summary:
         cells = [results_report.mean_cell(row.get(f"{m}_values") or []) if f"{m}_mean" in row else "–" for m in MODELS]
         gain = f"{row['gain']:+.4f}" if "gain" in row else "–"
+        if "gain_low" in row:
+            gain += f"\n[{row['gain_low']:+.4f}, {row['gain_high']:+.4f}]"
         won = f"{row['seeds_won']}/{row['seeds_paired']}" if "seeds_won" in row else "–"
         extra = [f"{row['baseline']:.4f}" if row.get("baseline") is not None else "n/a"] if kind else []
         if len(tests) > 1:
@@ -186,10 +212,14 @@ def print_summary(summary: list[dict[str, Any]], metric: str, out: Path, context
     notes.append("gain: the pretrained model's mean minus the scratch model's; seeds won: seeds on which the pretrained "
                  f"model scored {'lower' if context.get('lower_is_better') else 'higher'} than the scratch model of "
                  "the same seed.")
+    methods = {row["gain_interval"] for row in summary if row.get("gain_interval")}
+    notes.extend(intervals.METHOD_NOTE[m] for m in sorted(methods))
+    notes.append(overlap.dropped_note(context.get("split_overlap")) or "")
+    notes.append(overlap.pairs_note(context.get("split_overlap")) or "")
     notes.append(results_report.baseline_note(context))
     notes.append(results_report.setup_note(context) or "")
-    notes.append(f"Label-efficiency outputs: {out.resolve()} ({results_report.TABLE_NAME}, {CSV_NAME}, {PLOT_NAME}, "
-                 f"{PLOT_PDF_NAME}, pipeline.json)")
+    notes.append(f"Label-efficiency outputs: {out.resolve()} ({results_report.TABLE_NAME}, {CSV_NAME}, "
+                 f"{SUMMARY_CSV_NAME}, {PLOT_NAME}, {PLOT_PDF_NAME}, pipeline.json)")
     results_report.emit(table, [n for n in notes if n], out)
 
 
@@ -235,6 +265,7 @@ def report(cfg, runs: list[dict[str, Any]], metric: str, out: Path, group: str,
     context = context or {"metric": metric, "metric_words": results_report.metric_words(metric)}
     summary = summarize(runs, lower_is_better=bool(context.get("lower_is_better")))
     write_csv(runs, out / CSV_NAME)
+    write_summary_csv(summary, out / SUMMARY_CSV_NAME)
     plot(summary, metric, out / PLOT_NAME, context)
     log_to_wandb(cfg, runs, summary, out, group)
     print_summary(summary, metric, out, context)

@@ -299,6 +299,9 @@ def pipeline_context(stages: dict[str, dict[str, Any]], metric: str) -> dict[str
     task = next((r.get("task") for r in downstream if r.get("task")), None)
     baseline = next((r["baseline"] for r in downstream if baseline_value(r, metric) is not None), None)
     tested = {(r.get("checkpoints") or {}).get("test") for r in downstream} - {None}
+    # Every downstream run reads the same dev and test files (label amounts subset the training split
+    # after the check), so their records of shared rows agree: the first stands for all.
+    split_overlap = next((r["split_overlap"] for r in downstream if r.get("split_overlap")), None)
     return {
         "metric": metric, "metric_words": metric_words(metric, task), "lower_is_better": lower_is_better(metric),
         "data": setup.get("data"), "model": setup.get("model"), "task": setup.get("task"), "objective": objective,
@@ -306,7 +309,7 @@ def pipeline_context(stages: dict[str, dict[str, Any]], metric: str) -> dict[str
         "baseline": {"kind": baseline["kind"], "description": baseline["description"],
                      "value": one_value(baseline_value(r, metric) for r in downstream)} if baseline else None,
         "checkpoint": tested.pop() if len(tested) == 1 else ("mixed" if tested else None),
-        "spread": SPREAD, "spread_words": SPREAD_WORDS,
+        "spread": SPREAD, "spread_words": SPREAD_WORDS, "split_overlap": split_overlap,
     }
 
 

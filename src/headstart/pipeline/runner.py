@@ -13,6 +13,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from headstart.config.checks import check_values
+from headstart.data import overlap
 from headstart.errors import ConfigError
 from headstart.pipeline import report as results_report
 from headstart.pipeline.stage import StageResult, run_stage
@@ -223,7 +224,12 @@ def run_pipeline(cfg: DictConfig) -> dict[str, Any]:
     stages.update({model: (overrides, [*first, *(f"{k}={quote(v)}" for k, v in (grids[model] or [{}])[0].items())])
                    for model, overrides in models.items()})
     for name, (overrides, last) in stages.items():
-        check_values(stage_config(name, overrides, last), f" (pipeline stage {name})")
+        stage_cfg = stage_config(name, overrides, last)
+        check_values(stage_cfg, f" (pipeline stage {name})")
+        if name != "pretrain":  # its labelled data too: rows, labels, rows shared between splits
+            check_data(stage_cfg)
+        log.info("Pipeline stage %s trains for at most %s (each run); its expected time is logged once its first "
+                 "steps are timed", name, _budget_words(stage_cfg.trainer))
 
     if reused:
         log.info("Pipeline stage pretrain: reusing %s (pipeline.pretrain.from)", reused["export_dir"])
@@ -241,6 +247,28 @@ def run_pipeline(cfg: DictConfig) -> dict[str, Any]:
                                                   indent=2))
     print_comparison(summary, pipe.metric, out, context)
     return {"metrics": {f"{stage}/{pipe.metric}": row["value"] for stage, row in summary.items()}, "stages": results}
+
+
+def _budget_words(trainer_cfg) -> str:
+    """"3000 optimizer steps or 10 epochs, whichever comes first"."""
+    steps = trainer_cfg.get("max_steps")
+    epochs = trainer_cfg.get("max_epochs")
+    parts = [f"{steps} optimizer steps" if steps not in (None, -1) else None,
+             f"{epochs} epochs" if epochs not in (None, -1) else None,
+             f"{trainer_cfg.get('max_time')} (max_time)" if trainer_cfg.get("max_time") else None]
+    parts = [p for p in parts if p]
+    return " or ".join(parts) + (", whichever comes first" if len(parts) > 1 else "") if parts else "no set budget"
+
+
+def check_data(stage_cfg: DictConfig) -> None:
+    """A stage's data files read and checked as the stage will read them (``read_splits``: rows,
+    labels, rows shared between splits and the test left after dropping them), without tokenizing:
+    a data error stops the pipeline before its first stage trains."""
+    from hydra.utils import instantiate
+
+    datamodule = instantiate(stage_cfg.data)
+    if hasattr(datamodule, "read_splits"):
+        datamodule.read_splits()
 
 
 def label_amounts(fractions, counts) -> list[dict[str, Any]]:
@@ -278,12 +306,14 @@ def _label_efficiency(cfg: DictConfig, run, models: dict[str, list[str]], grids:
     pipe = cfg.pipeline
     seeds = [int(s) for s in pipe.seeds] if pipe.seeds else [int(cfg.seed)]
     runs = []
+    progress = _Progress(sum(len(grids[m]) or 1 for m in models) * len(amounts) * len(seeds))
     for amount in amounts:
         for seed in seeds:
             for model, overrides in models.items():
                 name = f"{model}/{amount['name']}-seed{seed}"
                 results[name] = select_on_validation(run, name, overrides, [*amount["overrides"], f"seed={seed}"],
                                                      grids[model])
+                progress.done(len(grids[model]) or 1)
                 metrics = compare({model: results[name]}, pipe.metric)[model]
                 runs.append({"labels": amount["label"], "label_fraction": amount["label_fraction"],
                              "label_count": amount["label_count"], "train_examples": results[name].get("train_examples"),
@@ -292,7 +322,8 @@ def _label_efficiency(cfg: DictConfig, run, models: dict[str, list[str]], grids:
                              "metric": pipe.metric, "value": metrics["value"],
                              "test_examples": results[name].get("test_examples"),
                              "baseline": results_report.baseline_value(results[name], pipe.metric),
-                             "output_dir": metrics["output_dir"]})
+                             "output_dir": metrics["output_dir"],
+                             "test_outputs": (results[name].get("test_outputs") or {}).get("file")})
     context = results_report.pipeline_context(results, pipe.metric)
     summary = label_efficiency.report(cfg, runs, pipe.metric, out, group, context)
     record = _report_record(context, results, seeds=seeds,
@@ -301,6 +332,26 @@ def _label_efficiency(cfg: DictConfig, run, models: dict[str, list[str]], grids:
                                                    "label_efficiency": summary, "report": record}, indent=2))
     metrics = {f"{model}/{pipe.metric}@{row['labels']}": row[f"{model}_mean"] for row in summary for model in models}
     return {"metrics": metrics, "stages": results, "label_efficiency": summary}
+
+
+class _Progress:
+    """How far the downstream runs are, and the time the rest should take at the pace so far."""
+
+    def __init__(self, total: int) -> None:
+        import time
+
+        self.total, self.finished, self.started = total, 0, time.perf_counter()
+        log.info("Downstream: %d training runs (every amount of labels, seed, model and setting to choose among)",
+                 total)
+
+    def done(self, runs: int) -> None:
+        import time
+
+        self.finished += runs
+        elapsed = time.perf_counter() - self.started
+        left = elapsed / self.finished * (self.total - self.finished)
+        log.info("Downstream runs: %d of %d done in %.1f min; about %.1f min to go at this pace", self.finished,
+                 self.total, elapsed / 60, left / 60)
 
 
 def search_grids(pipe: DictConfig, models: dict[str, list[str]]) -> dict[str, list[dict[str, Any]]]:
@@ -414,6 +465,7 @@ def print_comparison(summary: dict[str, dict[str, Any]], metric: str, out: Path,
         table.add_row(baseline["kind"], f"{baseline['value']:.4f}", "")
     notes = [results_report.value_note(context),
              "One run of each model (pipeline.seeds=null): no spread; set pipeline.seeds=[0,1,2] for mean ± std.",
+             overlap.dropped_note(context.get("split_overlap")), overlap.pairs_note(context.get("split_overlap")),
              results_report.baseline_note(context), results_report.setup_note(context),
              f"Pipeline outputs: {out.resolve()} ({results_report.TABLE_NAME}, pipeline.json)"]
     results_report.emit(table, [n for n in notes if n], out)

@@ -6,6 +6,7 @@ import json
 import logging
 import os
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -64,12 +65,14 @@ class _Trained:
     # was tested, in which case the val/ metrics are that checkpoint's too (last_epoch keeps the others).
     metrics_source: dict[str, Any] = field(default_factory=lambda: {"val": "last", "train": "last"})
     features: Any = None
+    test_outputs: dict[str, Any] | None = None  # every test example's prediction and target (arrays)
 
 
 def run_stage(cfg: DictConfig) -> StageResult:
     """Train one stage as ``cfg`` says; return its result (its record also written to results.json)."""
     import lightning.pytorch as pl
 
+    started = time.perf_counter()
     check_values(cfg)
     plan, changes = _plan(cfg)
     if plan.finished is not None:
@@ -113,11 +116,30 @@ def run_stage(cfg: DictConfig) -> StageResult:
                     run, cfg.run_name or f"{cfg.task_name}-{output_dir.name}",
                     {task: Path(path) for task, path in record.get("exports", {}).items()},
                     _best_checkpoint(trainer, record), {"config_hash": cfg_hash, "metrics": record["metrics"]})
+            record["wall_s"] = round(time.perf_counter() - started, 1)  # this stage, data preparation included
+            if trained.test_outputs is not None:  # for the pipeline's intervals (headstart.pipeline.intervals)
+                record["test_outputs"] = _save_test_outputs(trained.test_outputs, output_dir, module)
             (output_dir / "results.json").write_text(json.dumps(record, indent=2))
             log.info("Outputs: %s", output_dir.resolve())
     finally:
         finish_wandb()
     return StageResult.from_record(record, output_dir)
+
+
+TEST_OUTPUTS = "test_outputs.npz"
+
+
+def _save_test_outputs(outputs: dict[str, Any], output_dir: Path, module) -> dict[str, Any]:
+    """Every test example's prediction and target, in the test split's order, as ``test_outputs.npz``
+    (with a classifier's number of classes, which macro-F1 averages over); returns its record."""
+    import numpy as np
+
+    arrays = dict(outputs)
+    if "f1" in module.per_example_metrics:
+        arrays["num_classes"] = np.array(module.head[-1].out_features)  # the classifier's last layer
+    path = output_dir / TEST_OUTPUTS
+    np.savez_compressed(path, **arrays)
+    return {"file": str(path.resolve()), "examples": len(outputs["targets"]), "metrics": list(module.per_example_metrics)}
 
 
 def _best_checkpoint(trainer, record: dict[str, Any]) -> Path | None:
@@ -310,6 +332,8 @@ def _test(trainer, module, datamodule, trained: _Trained) -> None:
         metrics_source.update(val="best", checkpoint=str(Path(best).resolve()))
     tested = trainer.test(module, datamodule=datamodule, ckpt_path=best or None, verbose=False, weights_only=True)
     metrics.update({k: float(v) for k, v in (tested[0] if tested else {}).items()})
+    if hasattr(module, "per_example_test_outputs"):
+        trained.test_outputs = module.per_example_test_outputs()
 
 
 def _results_record(cfg: DictConfig, cfg_hash: str, output_dir: Path, trainer, module, datamodule, *,
@@ -337,6 +361,7 @@ def _results_record(cfg: DictConfig, cfg_hash: str, output_dir: Path, trainer, m
         "monitor": {"metric": cfg.task.get("monitor"), "mode": cfg.task.get("monitor_mode")},
         "handoff": {k: len(v) for k, v in handoff.items() if isinstance(v, list)} if handoff else None,
         "train_examples": _train_examples(datamodule),
+        "split_overlap": getattr(datamodule, "split_overlap", None),
         "test_examples": report.split_size(datamodule, "test") if "test" in trained.metrics_source else None,
         "baseline": report.trivial_baseline(module, datamodule) if "test" in trained.metrics_source else None,
         "setup": report.describe_setup(cfg, module),
