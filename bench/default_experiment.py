@@ -38,12 +38,13 @@ def main() -> None:
     rows = [[" ".join(["python train.py", *([] if r["seed"] == 42 else [f"seed={r['seed']}"]), *extra]),
              f"{r['summary']['finetune_mean']:.3f} ± {r['summary']['finetune_std']:.3f}",
              f"{r['summary']['scratch_mean']:.3f} ± {r['summary']['scratch_std']:.3f}",
-             f"{r['summary']['gain'] * 100:+.1f}",
+             f"{r['summary']['gain'] * 100:+.1f} [{r['summary']['gain_low'] * 100:+.1f}, "
+             f"{r['summary']['gain_high'] * 100:+.1f}]",
              ", ".join(f"{g * 100:+.1f}" for g in r["gains_by_seed"].values()),
              f"{r['summary']['seeds_won']}/{r['summary']['seeds_paired']}", f"{r['wall_s'] / 60:.1f} min"]
             for r in runs]
     table = markdown_table(["command (fresh directory and cache)", "pretrained + fine-tuned", "from scratch",
-                            "gain (points)", "gain per fine-tuning seed", "seeds won", "wall"], rows)
+                            "gain (points) [95% interval]", "gain per fine-tuning seed", "seeds won", "wall"], rows)
     command = " ".join(["python bench/default_experiment.py", *extra])
     table += measured_on(machine(), command, before="Test accuracy on the 150 test paragraphs, 100 labelled "
                                                     "training paragraphs, mean ± std over 3 fine-tuning seeds; ")
