@@ -244,3 +244,17 @@ def test_key_values_of_the_shipped_experiments(experiment):
     cfg = _compose(*([f"experiment={experiment}"] if experiment else []))
     for key, expected in PINNED[experiment].items():
         assert OmegaConf.select(cfg, key) == expected, f"experiment={experiment}: {key}"
+
+
+def test_the_text_files_recipe_bounds_its_pretraining_and_holds_out_its_test():
+    """The README's reviews recipe: pretraining for 30 epochs or 10,000 steps, whichever comes first (a
+    large corpus stays within the time budget); dev and test rows that repeat another split dropped,
+    and a test left under 100 rows or a fifth of its file refused."""
+    cfg = _compose("experiment=label_efficiency_text_files", *REQUIRED["label_efficiency_text_files"])
+    pretrain = list(cfg.pipeline.pretrain.overrides)
+    assert "trainer.max_epochs=30" in pretrain and "trainer.max_steps=10000" in pretrain
+    finetune = list(cfg.pipeline.finetune.overrides)
+    assert "data.drop_eval_overlap=true" in finetune and "trainer.max_steps=200" in finetune
+    assert list(cfg.pipeline.finetune.search) == ["transfer.layer_lr_decay=0.1,0.3"]
+    data = _compose("experiment=text_classification", "data=text_classification_files", "data.train_files=[a.tsv]").data
+    assert (data.min_test_rows, data.min_test_share) == (100, 0.2)
