@@ -37,10 +37,10 @@ def normalized_column(dataset) -> list[str]:
     return [normalized(t) for t in dataset.with_format("arrow")["text"].to_pylist()]
 
 
-def pair_counts(texts: dict[str, list[str]]) -> dict[str, dict[str, int]]:
+def pair_counts(texts: dict[str, list[str]], sets: dict[str, set[str]]) -> dict[str, dict[str, int]]:
     """For every pair of splits ``a/b``: how many rows of ``a`` have a text that occurs in ``b``, and
-    how many rows of ``b`` one that occurs in ``a`` (the two differ when a split repeats a text)."""
-    sets = {name: set(column) for name, column in texts.items()}
+    how many rows of ``b`` one that occurs in ``a`` (the two differ when a split repeats a text);
+    ``sets``: each split's texts as a set."""
     return {f"{a}/{b}": {a: sum(t in sets[b] for t in texts[a]), b: sum(t in sets[a] for t in texts[b])}
             for a, b in itertools.combinations(texts, 2)}
 
@@ -54,14 +54,14 @@ def check_splits(raw, corpus: list[str] | None, *, drop: bool, files: dict[str, 
     texts = {split: normalized_column(raw[split]) for split in SPLITS if split in raw}
     if corpus is not None:
         texts["corpus"] = corpus
-    record: dict[str, Any] = {"rows": {s: len(t) for s, t in texts.items()}, "pairs": pair_counts(texts),
+    sets = {name: set(column) for name, column in texts.items()}
+    record: dict[str, Any] = {"rows": {s: len(t) for s, t in texts.items()}, "pairs": pair_counts(texts, sets),
                               "dropped": {}, "drop_eval_overlap": drop}
     if len(texts) < 2:
         return record
     log.info("Rows whose text occurs in another split: %s", "; ".join(
         f"{pair}: {', '.join(f'{n} of {split}' for split, n in counts.items())}"
         for pair, counts in record["pairs"].items()))
-    sets = {name: set(column) for name, column in texts.items()}
     for split in EVAL_SPLITS:
         if split not in texts:
             continue

@@ -30,6 +30,11 @@ class Classifier(SupervisedHead):
             "f1": MulticlassF1Score(num_classes=num_labels, average="macro"),
         }))
 
+    @property
+    def num_classes(self) -> int:
+        """The number of classes: the width of the last layer (what macro-F1 averages over)."""
+        return self.head[-1].out_features
+
     def features(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """(B, hidden_size): what the linear head classifies."""
         raise NotImplementedError

@@ -31,7 +31,8 @@ METHOD_NOTE = {
                 "test predictions, so the test examples' own variation is not in it).",
 }
 
-Score = Callable[[np.ndarray, np.ndarray], float]
+# A metric from predictions and targets (and, for macro-F1, the number of classes).
+Score = Callable[..., float]
 
 
 def _accuracy(predictions: np.ndarray, targets: np.ndarray, num_classes: int | None = None) -> float:
@@ -62,14 +63,14 @@ def _mae(predictions: np.ndarray, targets: np.ndarray, num_classes: int | None =
 SCORES = {"acc": _accuracy, "f1": _macro_f1, "mse": _mse, "mae": _mae}
 
 
-def score_of(metric: str) -> Callable[..., float] | None:
+def score_of(metric: str) -> Score | None:
     """The per-example form of ``metric`` (``test/acc`` -> accuracy), or None where there is none."""
     parts = metric.split("/")
     return SCORES.get(parts[-1]) if len(parts) == 2 and parts[0] == "test" else None
 
 
 def paired_bootstrap(finetune: Sequence[np.ndarray], scratch: Sequence[np.ndarray], targets: np.ndarray,
-                     score: Callable[..., float], *, num_classes: int | None = None, resamples: int = RESAMPLES,
+                     score: Score, *, num_classes: int | None = None, resamples: int = RESAMPLES,
                      confidence: float = CONFIDENCE, seed: int = 0) -> tuple[float, float]:
     """The ``confidence`` interval of mean(score(finetune)) − mean(score(scratch)): ``finetune[i]`` and
     ``scratch[i]`` are one seed's predictions of the same ``targets``. Each resample draws the seeds
@@ -114,8 +115,8 @@ def gain_interval(finetune_runs: list[dict[str, Any]], scratch_runs: list[dict[s
                   metric: str) -> dict[str, Any] | None:
     """The gain's 95% interval for one amount of labels: runs of both models paired by seed (each run a
     label-efficiency row with ``seed``, ``value`` and ``test_outputs``, the path of its per-example test
-    outputs). Returns ``low``, ``high``
-    and ``method``; None for fewer than two pairs without per-example outputs."""
+    outputs). Returns ``low``, ``high`` and ``method``; None for fewer than two pairs without per-example
+    outputs."""
     by_seed = {r["seed"]: r for r in scratch_runs}
     pairs = [(r, by_seed[r["seed"]]) for r in sorted(finetune_runs, key=lambda r: r["seed"]) if r["seed"] in by_seed]
     if not pairs:

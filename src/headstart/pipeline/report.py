@@ -150,9 +150,7 @@ def trivial_baseline(module, datamodule) -> dict[str, Any] | None:
     if train is None or test is None or not len(train) or not len(test):
         return None
     if isinstance(module, Classifier):
-        width = getattr(getattr(module, "head", [None])[-1], "out_features", None)  # the module's own number of classes
-        num_classes = width or int(max(train.max(), test.max())) + 1
-        return _majority_class(train.long(), test.long(), num_classes, getattr(module, "label_names", None))
+        return _majority_class(train.long(), test.long(), module.num_classes, getattr(module, "label_names", None))
     return _training_mean(train.float(), test.float())
 
 

@@ -7,6 +7,7 @@ import itertools
 import json
 import logging
 import re
+import time
 from pathlib import Path
 from typing import Any
 
@@ -223,11 +224,13 @@ def run_pipeline(cfg: DictConfig) -> dict[str, Any]:
     stages = {} if reused else {"pretrain": ([f"experiment={pipe.pretrain.experiment}", *pretrain_overrides], [])}
     stages.update({model: (overrides, [*first, *(f"{k}={quote(v)}" for k, v in (grids[model] or [{}])[0].items())])
                    for model, overrides in models.items()})
+    checked_data = []  # the scratch baseline reads the fine-tuning data unless its overrides change it
     for name, (overrides, last) in stages.items():
         stage_cfg = stage_config(name, overrides, last)
         check_values(stage_cfg, f" (pipeline stage {name})")
-        if name != "pretrain":  # its labelled data too: rows, labels, rows shared between splits
+        if name != "pretrain" and stage_cfg.data not in checked_data:  # rows, labels, rows shared between splits
             check_data(stage_cfg)
+            checked_data.append(stage_cfg.data)
         log.info("Pipeline stage %s trains for at most %s (each run); its expected time is logged once its first "
                  "steps are timed", name, _budget_words(stage_cfg.trainer))
 
@@ -338,15 +341,11 @@ class _Progress:
     """How far the downstream runs are, and the time the rest should take at the pace so far."""
 
     def __init__(self, total: int) -> None:
-        import time
-
         self.total, self.finished, self.started = total, 0, time.perf_counter()
         log.info("Downstream: %d training runs (every amount of labels, seed, model and setting to choose among)",
                  total)
 
     def done(self, runs: int) -> None:
-        import time
-
         self.finished += runs
         elapsed = time.perf_counter() - self.started
         left = elapsed / self.finished * (self.total - self.finished)

@@ -135,8 +135,8 @@ def _save_test_outputs(outputs: dict[str, Any], output_dir: Path, module) -> dic
     import numpy as np
 
     arrays = dict(outputs)
-    if "f1" in module.per_example_metrics:
-        arrays["num_classes"] = np.array(module.head[-1].out_features)  # the classifier's last layer
+    if hasattr(module, "num_classes"):
+        arrays["num_classes"] = np.array(module.num_classes)
     path = output_dir / TEST_OUTPUTS
     np.savez_compressed(path, **arrays)
     return {"file": str(path.resolve()), "examples": len(outputs["targets"]), "metrics": list(module.per_example_metrics)}
