@@ -6,10 +6,14 @@ import pytest
 import torch
 
 from headstart.errors import ConfigError
+from headstart.module import HeadstartModule
 from headstart.speed import apply_speed
 
 
 class _Module(torch.nn.Module):
+    compiles_step = False  # a module whose network is compiled (HeadstartModule's rule)
+    compile_for_training = HeadstartModule.compile_for_training
+
     def __init__(self):
         super().__init__()
         self.net = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.ReLU(), torch.nn.Conv2d(4, 2, 3))
@@ -21,7 +25,8 @@ def test_channels_last_and_compile_keep_outputs_and_parameter_names():
     images = torch.randn(2, 1, 8, 8)
     before, names = module.net(images), list(module.state_dict())
     applied = apply_speed(module, compile=True, channels_last=True)
-    assert applied == {"compile": True, "compile_mode": None, "channels_last": True}
+    assert applied == {"compile": True, "compile_mode": None, "compile_backend": "inductor", "channels_last": True,
+                       "matmul_precision": "highest"}
     assert module.net[0].weight.is_contiguous(memory_format=torch.channels_last)
     assert list(module.state_dict()) == names  # checkpoints and exports are unchanged
     torch.testing.assert_close(module.net(images), before, rtol=1e-4, atol=1e-5)

@@ -29,6 +29,10 @@ class HeadstartModule(pl.LightningModule):
     #: probe's frozen backbone) and the layer-wise learning-rate decay.
     frozen_modules: tuple[torch.nn.Module, ...] = ()
     layer_lr_decay = 1.0
+    #: Objectives whose training forward pass and loss (``step_forward``) compile as one graph
+    #: (``fullgraph=True``, static shapes): ``speed.compile`` compiles that function, not the network alone.
+    compiles_step = False
+    _compiled_step = None  # set by compile_for_training
 
     def __init__(self, backbone, optimizer, scheduler=None, monitor: str | None = None,
                  monitor_mode: str | None = None) -> None:
@@ -38,6 +42,7 @@ class HeadstartModule(pl.LightningModule):
         self.save_hyperparameters(ignore=["backbone", "optimizer", "scheduler"])
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
+        self.progress_bar_keys: set[str] = set()
         self.net = self.build_network(backbone)
 
     @classmethod
@@ -67,6 +72,26 @@ class HeadstartModule(pl.LightningModule):
     def predicted_tokens(self, batch) -> int | None:
         """How many positions of ``batch`` the output (vocabulary) projection runs at; None: all."""
         return None
+
+    # -- the training step's forward pass, compiled whole where the objective allows it ---------------
+    @property
+    def step_forward(self):
+        """The training step's forward pass and loss, from a batch: what ``compiles_step`` compiles."""
+        return self.forward
+
+    def training_forward(self, batch):
+        """``step_forward``, compiled when ``speed.compile`` compiled it (see :meth:`compile_for_training`)."""
+        return (self._compiled_step or self.step_forward)(batch)
+
+    def compile_for_training(self, mode: str | None = None, backend: str = "inductor") -> None:
+        """torch.compile the training step (``compiles_step``: forward and loss as one graph that does not
+        recompile from step to step) or else the network, in place (its parameter names, so checkpoints
+        and exports, stay the same). Evaluation runs the network as it is."""
+        if self.compiles_step:
+            self._compiled_step = torch.compile(self.step_forward, fullgraph=True, dynamic=False, mode=mode,
+                                                backend=backend)
+        else:
+            self.net.compile(mode=mode, backend=backend)
 
     def build_network(self, backbone) -> torch.nn.Module:
         """The transformers model this module trains: the backbone with the head ``hf_head`` names."""
@@ -125,10 +150,16 @@ class HeadstartModule(pl.LightningModule):
         return layerwise_lr_scales(self) if self.layer_lr_decay != 1.0 else {}
 
     def log_split(self, split: str, values: dict[str, Any], batch_size: int, prog_bar: bool = False) -> None:
-        """Log ``{name: value}`` as ``split/name``; step-level in training, epoch means elsewhere."""
+        """Log ``{name: value}`` as ``split/name``; step-level in training, epoch means elsewhere.
+
+        Training values for the progress bar are named in ``progress_bar_keys`` rather than logged with
+        ``prog_bar``, which Lightning reads at every step (a wait for the device); headstart's bar
+        reads them at logging steps (``headstart.progress``)."""
         on_step = split == "train"
+        if on_step and prog_bar:
+            self.progress_bar_keys.update(f"{split}/{k}_step" for k in values)
         self.log_dict({f"{split}/{k}": v for k, v in values.items()}, on_step=on_step, on_epoch=True,
-                      batch_size=batch_size, prog_bar=prog_bar, sync_dist=not on_step)
+                      batch_size=batch_size, prog_bar=prog_bar and not on_step, sync_dist=not on_step)
 
     @contextmanager
     def seeded(self, seed: int):

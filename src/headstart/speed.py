@@ -1,4 +1,5 @@
-"""The ``speed`` switches that act on the built module: torch.compile and the channels-last layout."""
+"""The ``speed`` switches that act on the built module and the process: torch.compile, the channels-last
+layout and the precision of float32 matrix multiplies."""
 
 from __future__ import annotations
 
@@ -7,17 +8,28 @@ import torch
 from headstart.errors import ConfigError
 
 COMPILE_MODES = (None, "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+MATMUL_PRECISIONS = (None, "highest", "high", "medium")
 
 
-def apply_speed(module, compile: bool = False, compile_mode: str | None = None, channels_last: bool = False) -> dict:
-    """Switch what ``speed`` asks for on ``module.net``; return what was applied, for the run's records."""
+def apply_speed(module, compile: bool = False, compile_mode: str | None = None, compile_backend: str = "inductor",
+                channels_last: bool = False, matmul_precision: str | None = None) -> dict:
+    """Switch what ``speed`` asks for on ``module``; return what was applied, for the run's records."""
     if compile_mode not in COMPILE_MODES:
         raise ConfigError(f"speed.compile_mode={compile_mode!r} is unknown; use one of "
                           f"{', '.join(str(m) for m in COMPILE_MODES)}.")
+    if matmul_precision not in MATMUL_PRECISIONS:
+        raise ConfigError(f"speed.matmul_precision={matmul_precision!r} is unknown; use one of "
+                          f"{', '.join(str(m) for m in MATMUL_PRECISIONS)} (high: TF32 tensor cores on GPUs).")
+    if compile and compile_backend not in torch.compiler.list_backends(exclude_tags=()):
+        raise ConfigError(f"speed.compile_backend={compile_backend!r} is not a torch.compile backend; use one of "
+                          f"{', '.join(torch.compiler.list_backends())} (inductor generates kernels; aot_eager "
+                          "checks a graph without them).")
+    if matmul_precision is not None:
+        torch.set_float32_matmul_precision(matmul_precision)
     if channels_last:
         # Convolution weights in NHWC; PyTorch then runs the convolutions (and their outputs) channels-last.
         module.net.to(memory_format=torch.channels_last)
     if compile:
-        # In place: unlike torch.compile(net), the parameter names (checkpoints, exports) do not change.
-        module.net.compile(mode=compile_mode)
-    return {"compile": compile, "compile_mode": compile_mode, "channels_last": channels_last}
+        module.compile_for_training(mode=compile_mode, backend=compile_backend)
+    return {"compile": compile, "compile_mode": compile_mode, "compile_backend": compile_backend,
+            "channels_last": channels_last, "matmul_precision": torch.get_float32_matmul_precision()}

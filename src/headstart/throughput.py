@@ -1,8 +1,13 @@
 """Training throughput for every logger: Lightning's ``ThroughputMonitor`` told how to count headstart
 batches. It logs ``train/device/samples_per_sec`` (examples) and ``train/device/items_per_sec``
 (tokens of text batches, not counting padding; images of image batches) over a sliding window of
-batches, with validation time left out. The module's ``flops_per_batch`` adds FLOPs per second and,
-on accelerators whose peak Lightning knows, model FLOPs utilisation (``train/device/mfu``).
+steps, with validation time left out. The module's ``flops_per_batch`` adds FLOPs per second and, on
+GPUs in headstart's table of dense peaks (``headstart.peak_flops``), model FLOPs utilisation
+(``train/device/mfu``).
+
+Training steps are never waited for: the counts of a step stay on the device (a token count is a
+tensor) and are added up there; they are read, and the device synchronised for the clock, at the
+logging steps only (``trainer.log_every_n_steps``), as Lightning's own logging reads its values.
 """
 
 from __future__ import annotations
@@ -13,7 +18,10 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
+import torch
+from lightning.fabric.utilities.throughput import Throughput
 from lightning.pytorch.callbacks import ThroughputMonitor as _LightningThroughputMonitor
+from lightning.pytorch.trainer.states import RunningStage, TrainerFn
 
 log = logging.getLogger(__name__)
 
@@ -37,14 +45,15 @@ def examples_in_batch(batch: dict[str, Any]) -> int:
     return int(next(iter(batch.values())).shape[0])
 
 
-def items_in_batch(batch: dict[str, Any]) -> int:
-    """Tokens of a text batch that are not padding, else the examples of the batch."""
+def items_in_batch(batch: dict[str, Any]) -> int | torch.Tensor:
+    """Tokens of a text batch that are not padding (a count on the batch's device, not read here), else
+    the examples of the batch."""
     tasks = _task_batches(batch)
     if tasks is not None:
         return sum(items_in_batch(b) for b in tasks)
     mask = batch.get("attention_mask")
     if mask is not None:
-        return int(mask.sum())
+        return mask.sum()
     if "input_ids" in batch:
         return int(batch["input_ids"].numel())
     return examples_in_batch(batch)
@@ -65,24 +74,93 @@ def process_age() -> float:
 _IMPORTED = time.time()
 
 
+def reading_waits(tensor: torch.Tensor) -> bool:
+    """Whether reading ``tensor`` on the host waits for its device's queued work (an accelerator's): what
+    is read then is read at logging steps only. (Tests make it say yes on the CPU, to check a GPU run.)"""
+    return tensor.device.type != "cpu"
+
+
+def _read(value) -> int | float:
+    return value.item() if isinstance(value, torch.Tensor) else value
+
+
+class _Counts:
+    """A training window's counts since they were last read: batches and examples (from shapes, on the
+    host), items and FLOPs (numbers, or tensors on the device, added up there)."""
+
+    def __init__(self) -> None:
+        self.batches, self.samples, self.items, self.flops = 0, 0, 0, 0.0
+        self.has_flops = False
+
+    def add(self, batch, flops) -> None:
+        self.batches += 1
+        self.samples += examples_in_batch(batch)
+        self.items = self.items + items_in_batch(batch)
+        if flops is not None:
+            self.flops, self.has_flops = self.flops + flops, True
+
+    def take(self) -> tuple[int, int, int, float | None]:
+        """The counts, read (one wait for the device where they live there), and a fresh window."""
+        counts = (self.batches, self.samples, int(_read(self.items)), float(_read(self.flops)) if self.has_flops else None)
+        self.__init__()
+        return counts
+
+
 class ThroughputMonitor(_LightningThroughputMonitor):
-    """Also times the first optimizer step, from the process's start and from the stage's, the wait a
-    user has before training runs (imports, tokenization, model build): ``time_to_first_step``; and,
-    once ``expect_after`` more steps are timed, logs the training's expected time (``expected_training``)
-    when it is a minute or more."""
+    """Lightning's monitor, reading training counts at logging steps only (see the module's docstring),
+    with MFU against headstart's table of peaks. Also times the first optimizer step, from the process's
+    start and from the stage's, the wait a user has before training runs (imports, tokenization, model
+    build): ``time_to_first_step``; and, once ``expect_after`` more steps are timed, logs the training's
+    expected time (``expected_training``) when it is a minute or more."""
 
     def __init__(self, window_size: int = 20, expect_after: int = 50, **kwargs) -> None:
-        super().__init__(batch_size_fn=examples_in_batch, length_fn=items_in_batch, window_size=window_size, **kwargs)
+        super().__init__(batch_size_fn=examples_in_batch, length_fn=lambda batch: int(_read(items_in_batch(batch))),
+                         window_size=window_size, **kwargs)
+        self.window_size = window_size
         self._stage_started = time.time()
         self.time_to_first_step: dict[str, float] | None = None
         self.expect_after = expect_after
         self.expected_training: dict[str, float] | None = None
         self._timing_from: tuple[int, float] | None = None
+        self._counts = _Counts()
+
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        super().setup(trainer, pl_module, stage)
+        self.available_flops = device_peak(trainer)
+        for throughput in self._throughputs.values():
+            throughput.available_flops = self.available_flops
+        if stage == TrainerFn.FITTING:
+            # One entry a logging interval: a window of window_size steps.
+            every = max(1, trainer.log_every_n_steps)
+            self._throughputs[RunningStage.TRAINING] = Throughput(
+                available_flops=self.available_flops, world_size=trainer.world_size,
+                window_size=max(2, self.window_size // every + 1))
+
+    def _start(self, trainer) -> None:
+        super()._start(trainer)
+        if trainer.state.stage == RunningStage.TRAINING:
+            self._counts = _Counts()
+
+    def _take_counts(self, trainer) -> None:
+        """Read the training counts into the throughput window, with the time the device has taken."""
+        stage = RunningStage.TRAINING
+        if trainer.strategy.root_device.type == "cuda":
+            torch.cuda.synchronize()  # the queued steps done, so that the clock counts them
+        elapsed = time.perf_counter() - self._t0s[stage]
+        batches, samples, items, flops = self._counts.take()
+        self._batches[stage] += batches
+        self._samples[stage] += samples
+        self._lengths[stage] += items
+        self._throughputs[stage].update(time=elapsed, batches=self._batches[stage], samples=self._samples[stage],
+                                        lengths=self._lengths[stage], flops=flops)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, *args) -> None:
-        super().on_train_batch_end(trainer, pl_module, outputs, batch, *args)
         if not trainer.is_global_zero:
             return
+        self._counts.add(batch, pl_module.flops_per_batch)
+        if not trainer.fit_loop._should_accumulate() and trainer._logger_connector.should_update_logs:
+            self._take_counts(trainer)
+            self._compute(trainer)
         if self.time_to_first_step is None:
             self.time_to_first_step = {"since_process_start_s": round(process_age(), 3),
                                        "since_stage_start_s": round(time.time() - self._stage_started, 3)}
@@ -92,6 +170,13 @@ class ThroughputMonitor(_LightningThroughputMonitor):
             self._timing_from = (trainer.global_step, time.perf_counter())
         elif self.expected_training is None and trainer.global_step - self._timing_from[0] >= self.expect_after:
             self._expect(trainer)
+
+    def on_validation_start(self, trainer, *args) -> None:
+        # The steps since the last read end before validation starts: count them in the training window
+        # before Lightning moves the training clock past the validation time.
+        if trainer.is_global_zero and not trainer.sanity_checking and self._counts.batches:
+            self._take_counts(trainer)
+        super().on_validation_start(trainer, *args)
 
     def _expect(self, trainer) -> None:
         """The steps still to run at the rate of those timed (validation included, as it comes)."""
@@ -106,3 +191,19 @@ class ThroughputMonitor(_LightningThroughputMonitor):
             log.info("Expected training time: %.1f min more for the remaining %d of %d optimizer steps (%.1f steps/s so "
                      "far; trainer.max_steps and trainer.max_epochs bound them)", remaining / 60,
                      total - trainer.global_step, total, rate)
+
+
+def device_peak(trainer) -> float | None:
+    """The dense peak FLOP/s of the trainer's GPU at its compute precision (None off GPUs, or for a card
+    not in the table: no MFU then), logged once."""
+    from lightning.fabric.utilities.throughput import _plugin_to_compute_dtype
+
+    from headstart.peak_flops import describe, peak_flops
+
+    device = trainer.strategy.root_device
+    if device.type != "cuda":
+        return None
+    name, dtype = torch.cuda.get_device_name(device), _plugin_to_compute_dtype(trainer.precision_plugin)
+    if trainer.is_global_zero:
+        log.info("MFU against %s", describe(name, dtype))
+    return peak_flops(name, dtype)

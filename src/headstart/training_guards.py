@@ -17,6 +17,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from headstart.errors import ConfigError, TrainingError
 from headstart.pipeline.resume import latest_checkpoint
+from headstart.throughput import reading_waits
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +53,7 @@ class NonFiniteLossGuard(pl.Callback):
         where = f"step {trainer.global_step} (epoch {trainer.current_epoch}, batch {batch_idx})"
         self._pending.append((where, loss))
         every = self.check_every_n_steps or trainer.log_every_n_steps or 1
-        if loss.device.type == "cpu" or len(self._pending) >= every:
+        if not reading_waits(loss) or len(self._pending) >= every:
             self._check(trainer)
 
     def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict) -> None:

@@ -308,11 +308,17 @@ class SpeedConfig(Schema):
     their measured effect). Others live where they act: model.attn_implementation (sdpa/eager),
     trainer.precision, task.optimizer.fused, data.packing, data.bucket_by_length, data.num_workers."""
 
-    # torch.compile the network in place (its state_dict keys, so checkpoints and exports, stay the same).
+    # torch.compile the training step (masked and causal LM: forward and loss as one graph of fixed shapes)
+    # or else the network, in place (its state_dict keys, so checkpoints and exports, stay the same).
     compile: bool = False
     compile_mode: str | None = None
+    # inductor generates kernels; aot_eager or eager check that the step compiles without generating them.
+    compile_backend: str = "inductor"
     # NHWC memory layout for convolutional vision backbones (faster convolutions with bf16 on GPUs).
     channels_last: bool = False
+    # torch.set_float32_matmul_precision: high lets float32 matrix multiplies use TF32 tensor cores
+    # (trainer=gpu sets it); null leaves torch's default (highest).
+    matmul_precision: str | None = None
 
 
 @dataclass
@@ -604,6 +610,8 @@ class MultiTaskDataConfig(Schema, group="schema/data", name="multitask"):
     # How the tasks' training loaders make steps: max_size_cycle (every task in every step, shorter
     # loaders start over), min_size (stop at the shortest) or max_size (run out the longest).
     mode: str = "max_size_cycle"
+    # Loader worker processes of every task's loaders (trainer=gpu sets it); null: each task's own.
+    num_workers: int | None = None
 
 
 @dataclass

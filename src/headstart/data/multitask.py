@@ -26,7 +26,8 @@ TRAIN_MODES = ("max_size_cycle", "min_size", "max_size")
 
 
 class MultiTaskDataModule(pl.LightningDataModule):
-    def __init__(self, tasks: dict[str, Any], mode: str = MultiTaskDataConfig.mode) -> None:
+    def __init__(self, tasks: dict[str, Any], mode: str = MultiTaskDataConfig.mode,
+                 num_workers: int | None = MultiTaskDataConfig.num_workers) -> None:
         super().__init__()
         if not tasks:
             raise ConfigError("data.tasks is empty: a multi-task run needs one data config per task, e.g. "
@@ -36,6 +37,9 @@ class MultiTaskDataModule(pl.LightningDataModule):
                               "(how the tasks' training loaders are combined into steps).")
         self.tasks = dict(tasks)
         self.mode = mode
+        if num_workers is not None:
+            for data in self.tasks.values():
+                data.num_workers = num_workers
 
     @property
     def names(self) -> list[str]:

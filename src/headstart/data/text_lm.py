@@ -24,6 +24,12 @@ class TextLMDataModule(TextDataModule):
         self.packing = packing
 
     @property
+    def drop_last_train(self) -> bool:
+        """Blocks are all one length: dropping the short last batch keeps every training batch one shape,
+        so a compiled step never compiles again (a different block is left out each epoch)."""
+        return self.packing == "blocks"
+
+    @property
     def ordered_validation_split(self) -> bool:
         return self.packing == "pairs"  # pairs are made of neighbouring lines: keep the file order
 

@@ -14,7 +14,9 @@ import torch
 import torch.nn.functional as F
 from torchmetrics.text import Perplexity
 
+from headstart.backbones.text import encoder_inputs
 from headstart.config.schema import CausalLMConfig
+from headstart.data.collators import UnpaddedCausalCollator
 from headstart.data.tokenizer import check_vocab
 from headstart.errors import ConfigError
 from headstart.module import HeadstartModule
@@ -28,6 +30,7 @@ _SAMPLE_COLUMNS = ["epoch", "step", "prompt", "continuation"]
 class CausalLanguageModeling(HeadstartModule):
     hf_head = "causal_lm"
     exports_backbone = True
+    compiles_step = True
 
     def __init__(self, backbone, optimizer, scheduler=None,
                  sample_prompt_tokens: int = CausalLMConfig.sample_prompt_tokens,
@@ -50,27 +53,25 @@ class CausalLanguageModeling(HeadstartModule):
         self._sample_rows: list[list] = []
 
     def build_collator(self, tokenizer):  # the processor of text data is its tokenizer
-        from transformers import DataCollatorForLanguageModeling
-
         check_vocab(tokenizer, ("pad_token",))
         self.tokenizer = tokenizer
-        # mlm=False: labels are the inputs themselves (padding -> -100); forward shifts them by one.
-        return DataCollatorForLanguageModeling(tokenizer, mlm=False)
+        return UnpaddedCausalCollator(tokenizer)
 
     def forward(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Next-token loss, with the logits of every position and each one's target: the next token
         (-100, ignored, at the last position).
 
         The targets are shifted, not the logits: slicing off the last position of the (B, L, vocab)
-        logits would make the loss copy them, the largest tensor of a small model's step.
+        logits would make the loss copy them, the largest tensor of a small model's step. A batch
+        without padding comes without an attention mask, and attention then runs its causal kernel
+        (``is_causal``, no mask tensor: the flash path on GPUs).
         """
-        inputs = {k: batch[k] for k in ("input_ids", "attention_mask") if k in batch}
-        logits = self.net(**inputs).logits
+        logits = self.net(**encoder_inputs(batch, ("input_ids", "attention_mask"))).logits
         target = F.pad(batch["labels"][:, 1:], (0, 1), value=-100)
         return F.cross_entropy(logits.float().flatten(0, 1), target.flatten(), ignore_index=-100), logits, target
 
     def training_step(self, batch, batch_idx):
-        loss, _, _ = self(batch)
+        loss, _, _ = self.training_forward(batch)
         self.log_split("train", {"loss": loss}, batch_size=batch["input_ids"].size(0), prog_bar=True)
         return loss
 

@@ -58,6 +58,8 @@ def load_teacher(path: str):
 class MaskedLMDistillation(MaskedLanguageModeling):
     """Masking collator, student network, masked accuracy and perplexity as in MLM; the loss distils."""
 
+    compiles_step = False  # the step runs a teacher too: speed.compile compiles the student network
+
     def __init__(self, backbone, optimizer, teacher: str, scheduler=None,
                  temperature: float = DistillationConfig.temperature, alpha: float = DistillationConfig.alpha,
                  mlm_probability: float = DistillationConfig.mlm_probability,
@@ -109,12 +111,12 @@ class MaskedLMDistillation(MaskedLanguageModeling):
         """Student and teacher logits at the masked positions, and the true tokens there. (``forward``
         stays MLM's: the student's own loss against the true tokens.)"""
         inputs = encoder_inputs(batch)
-        selected = batch["labels"] != -100
         if self.teacher.device != self.device:  # not a registered child, so Lightning does not move it
             self.teacher.to(self.device)
         with torch.no_grad():
-            teacher_logits = masked_position_logits(self.teacher, inputs, selected)
-        return masked_position_logits(self.net, inputs, selected), teacher_logits, batch["labels"][selected]
+            teacher_logits, _ = masked_position_logits(self.teacher, inputs, batch["labels"])
+        student_logits, target = masked_position_logits(self.net, inputs, batch["labels"])
+        return student_logits, teacher_logits, target
 
     def _distill_step(self, split: str, batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         student_logits, teacher_logits, target = self.masked_logits(batch)

@@ -10,14 +10,17 @@ from torchmetrics.classification import BinaryAccuracy, MulticlassAccuracy
 from torchmetrics.text import Perplexity
 
 from headstart.config.schema import MaskedLMConfig
+from headstart.data.collators import CappedMaskingCollator, prediction_capacity
 from headstart.data.tokenizer import check_vocab
 from headstart.errors import ConfigError
 from headstart.module import HeadstartModule
+from headstart.throughput import reading_waits
 
 
 class MaskedLanguageModeling(HeadstartModule):
     hf_head = "masked_lm"
     exports_backbone = True
+    compiles_step = True
 
     def __init__(self, backbone, optimizer, scheduler=None,
                  mlm_probability: float = MaskedLMConfig.mlm_probability,
@@ -43,30 +46,39 @@ class MaskedLanguageModeling(HeadstartModule):
         self.val_metrics = MetricCollection(metrics, prefix="val/")
 
     def build_collator(self, tokenizer):  # the processor of text data is its tokenizer
-        from transformers import DataCollatorForLanguageModeling
-
         check_vocab(tokenizer, ("mask_token", "pad_token"))
-        return DataCollatorForLanguageModeling(
+        return CappedMaskingCollator(
             tokenizer, mlm=True, mlm_probability=self.mlm_probability,
             mask_replace_prob=self.mask_replace_prob, random_replace_prob=self.random_replace_prob,
         )
 
-    def predicted_tokens(self, batch) -> int:
-        """The vocabulary projection runs at the masked positions only (see :meth:`forward`)."""
-        return int((batch["labels"] != -100).sum())
+    def predicted_tokens(self, batch) -> torch.Tensor:
+        """The vocabulary projection runs at the masked positions only (see :meth:`forward`); a count on
+        the batch's device, read with the throughput at logging steps (reading it here would wait for it)."""
+        return (batch["labels"] != -100).sum()
+
+    @property
+    def step_forward(self):
+        return self.forward_with_nsp if self.next_sentence_prediction else self.forward
 
     def forward(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Loss, logits and labels at the masked positions only.
+        """Loss, logits and labels at the masked positions only (see :func:`masked_position_logits`).
 
         The vocabulary projection is the costliest layer of a small model; applying the MLM head to
         the ~15% of positions that carry a label gives the same loss for a fraction of the work.
         """
+        logits, target = masked_position_logits(self.net, _model_inputs(batch), batch["labels"],
+                                                self._capacity(batch))
+        return masked_token_loss(logits, target), logits, target
+
+    def _capacity(self, batch) -> int | None:
+        """The static number of positions the head runs at (see :func:`prediction_capacity`) when compiled
+        or on an accelerator (the draw's own count would wait for the device); None on the CPU in eager
+        mode, where the exact count is free and the fewest positions fastest."""
         labels = batch["labels"]
-        inputs = _model_inputs(batch)
-        selected = labels != -100
-        logits = masked_position_logits(self.net, inputs, selected)
-        target = labels[selected]
-        return _masked_token_loss(logits, target), logits, target
+        if not (torch.compiler.is_compiling() or reading_waits(labels)):
+            return None
+        return prediction_capacity(labels.numel(), self.mlm_probability)
 
     def forward_with_nsp(self, batch: dict[str, torch.Tensor]):
         """As :meth:`forward`, plus the next-sentence logits: one encoder pass feeds the MLM head (at
@@ -77,12 +89,10 @@ class MaskedLanguageModeling(HeadstartModule):
                 "batches have none. Set data.packing=pairs (or use experiment=text_mlm_nsp)."
             )
         mlm_head, nsp_head = self._pretraining_heads()
-        labels = batch["labels"]
-        selected = labels != -100
         encoded = self.net.base_model(**_model_inputs(batch))
-        logits = mlm_head(encoded.last_hidden_state[selected])
-        target = labels[selected]
-        return _masked_token_loss(logits, target), logits, target, nsp_head(encoded.pooler_output)
+        hidden, target = masked_positions(encoded.last_hidden_state, batch["labels"], self._capacity(batch))
+        logits = mlm_head(hidden)
+        return masked_token_loss(logits, target), logits, target, nsp_head(encoded.pooler_output)
 
     def _pretraining_heads(self):
         """The MLM and NSP heads of a BERT-style pretraining network (``cls.predictions``, ``cls.seq_relationship``)."""
@@ -99,11 +109,12 @@ class MaskedLanguageModeling(HeadstartModule):
         """Compute and log the batch's losses; return the loss, the masked-position logits and labels,
         and (NSP logits, NSP labels) or None."""
         size = batch["input_ids"].size(0)
+        outputs = self.training_forward(batch) if split == "train" else self.step_forward(batch)
         if not self.next_sentence_prediction:
-            loss, logits, target = self(batch)
+            loss, logits, target = outputs
             self.log_split(split, {"loss": loss}, batch_size=size, prog_bar=True)
             return loss, logits, target, None
-        mlm_loss, logits, target, nsp_logits = self.forward_with_nsp(batch)
+        mlm_loss, logits, target, nsp_logits = outputs
         nsp_target = batch["next_sentence_label"]
         nsp_loss = F.cross_entropy(nsp_logits.float(), nsp_target)
         loss = mlm_loss + nsp_loss  # the sum BertForPreTraining trains on
@@ -132,21 +143,38 @@ class MaskedLanguageModeling(HeadstartModule):
         self.val_metrics.reset()
 
 
-def masked_position_logits(net, inputs: dict[str, torch.Tensor], selected: torch.Tensor) -> torch.Tensor:
-    """An MLM's logits at the ``selected`` positions only: the encoder runs on the whole batch, the
-    vocabulary projection (the costliest layer of a small model) on the ~15% masked positions."""
+def masked_positions(hidden: torch.Tensor, labels: torch.Tensor,
+                     capacity: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The hidden states at the masked positions (``labels != -100``) and their labels.
+
+    ``capacity`` None: exactly the masked positions (a boolean index, whose size depends on the draw).
+    An int: that many positions, the masked ones first, then unmasked ones whose label -100 the loss
+    ignores: the same loss, with shapes fixed for a compiled graph and no wait for the count."""
+    if capacity is None:
+        selected = labels != -100
+        return hidden[selected], labels[selected]
+    flat_labels = labels.flatten()
+    order = torch.argsort((flat_labels != -100).to(torch.int32), descending=True, stable=True)[:capacity]
+    return hidden.flatten(0, 1).index_select(0, order), flat_labels.index_select(0, order)
+
+
+def masked_position_logits(net, inputs: dict[str, torch.Tensor], labels: torch.Tensor,
+                           capacity: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """An MLM's logits at the masked positions only, and their labels (see :func:`masked_positions`):
+    the encoder runs on the whole batch, the vocabulary projection (the costliest layer of a small
+    model) on the ~15% masked positions."""
     heads = [m for m in net.children() if m is not net.base_model]
     if len(heads) != 1:  # a head we cannot call on its own: run the whole model
-        return net(**inputs).logits[selected]
-    return heads[0](net.base_model(**inputs).last_hidden_state[selected])
+        return masked_positions(net(**inputs).logits, labels, capacity)
+    hidden, target = masked_positions(net.base_model(**inputs).last_hidden_state, labels, capacity)
+    return heads[0](hidden), target
 
 
-def _masked_token_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Cross-entropy over the masked tokens; a batch of a few short texts can draw none, and then
-    the loss is a zero that keeps the graph (the mean over no tokens would be NaN)."""
-    if target.numel() == 0:
-        return logits.sum() * 0.0
-    return F.cross_entropy(logits.float(), target)
+def masked_token_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy over the labelled (masked) tokens; a batch of a few short texts can draw
+    none, and then the loss is a zero that keeps the graph (the mean over no tokens would be NaN)."""
+    total = F.cross_entropy(logits.float(), target, ignore_index=-100, reduction="sum")
+    return total / (target != -100).sum().clamp(min=1)
 
 
 def _model_inputs(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -13,6 +13,7 @@ from typing import Any
 
 from hydra.utils import get_class, instantiate
 from lightning.pytorch.callbacks import LearningRateMonitor
+from lightning.pytorch.callbacks import ProgressBar as ProgressBarBase
 from omegaconf import DictConfig, OmegaConf
 
 from headstart.checkpoints import AtomicCheckpointIO, read_checkpoint
@@ -22,6 +23,7 @@ from headstart.pipeline.guards import RankAgreement, ReleaseSpawnedProcessGroup
 from headstart.pipeline.resume import ResumePlan, check_resumed_config, latest_checkpoint, plan_resume
 from headstart.pipeline.run_record import write_run_record
 from headstart.pipeline.rundir import claim_run_dir, config_hash, is_secondary_rank, save_config
+from headstart.progress import ProgressBar
 from headstart.speed import apply_speed
 from headstart.tracking.artifacts import declare_use, exported_artifact, log_model_artifacts, wandb_run
 from headstart.tracking.loggers import adopt_csv_columns, build_loggers
@@ -179,6 +181,9 @@ def _build_trainer(cfg: DictConfig, loggers: list[Any], cfg_hash: str) -> tuple[
                  if isinstance(conf, DictConfig) and "_target_" in conf]
     if not loggers:  # logger=none: nothing to log learning rates to (Lightning would refuse the monitor)
         callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
+    if cfg.trainer.get("enable_progress_bar") is not False and not any(isinstance(c, ProgressBarBase)
+                                                                       for c in callbacks):
+        callbacks.append(ProgressBar())  # reads the shown loss at logging steps, not every step
     trainer = instantiate(cfg.trainer, logger=loggers or False,
                           callbacks=[*callbacks, agreement, ReleaseSpawnedProcessGroup()], **plugins)
     return trainer, agreement
