@@ -17,16 +17,16 @@ Writes bench/results/lm_throughput.json and the "lm_throughput" table of BENCHMA
 from __future__ import annotations
 
 import argparse
-import functools
 import json
 import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import lm_baselines  # noqa: E402
 from common import REPO, RESULTS, logged, machine, markdown_table, measured_on, run_train, write_results  # noqa: E402
+from lm_baselines import Setup  # noqa: E402
 
 CORPUS = REPO.parent / "shared" / "data" / "tinyshakespeare.txt"
 WINDOW, LOG_EVERY, WARMUP_RATIO, WEIGHT_DECAY = 20, 10, 0.06, 0.01
@@ -54,90 +54,34 @@ def windowed_rates(step_times: list[float], step_tokens: list[int]) -> list[floa
     return rates
 
 
+def setup(objective: str) -> Setup:
+    """The model, data and optimisation all three systems share (bench/lm_baselines.py)."""
+    spec = OBJECTIVES[objective]
+    return Setup(objective=objective, tokenizer_type=spec["tokenizer_type"], vocab_size=VOCAB, max_length=MAX_LENGTH,
+                 batch_size=spec["batch_size"], lr=spec["lr"], steps=spec["steps"], arch=spec["arch"], corpus=CORPUS,
+                 weight_decay=WEIGHT_DECAY, warmup_ratio=WARMUP_RATIO)
+
+
 def prepared(objective: str, cache: Path):
     """The data module (tokenizer and packed blocks, from train.py's cache), a fresh model and the
     objective's collator, as headstart builds them."""
-    import torch
+    return lm_baselines.prepared(setup(objective), cache)
 
-    from headstart.backbones.text import TextBackboneSpec
-    from headstart.data.text_lm import TextLMDataModule
-    from headstart.objectives.causal_lm import CausalLanguageModeling
-    from headstart.objectives.masked_lm import MaskedLanguageModeling
 
-    spec = OBJECTIVES[objective]
-    data = TextLMDataModule(train_files=[str(CORPUS)], tokenizer_type=spec["tokenizer_type"], vocab_size=VOCAB,
-                            max_length=MAX_LENGTH, batch_size=spec["batch_size"], packing="blocks",
-                            cache_dir=str(cache), seed=42)
-    data.prepare()
-    backbone = TextBackboneSpec(arch=spec["arch"])
-    backbone.bind_tokenizer(data.tokenizer)
-    torch.manual_seed(42)
-    task = MaskedLanguageModeling if objective == "mlm" else CausalLanguageModeling
-    module = task(backbone, optimizer=functools.partial(torch.optim.AdamW, lr=spec["lr"]))
-    return data, module.net, module.build_collator(data.tokenizer)
+def _rates(log: lm_baselines.StepLog) -> list[float]:
+    return windowed_rates([log.times[step] for step in range(len(log.times))], log.tokens[:len(log.times)])
 
 
 def plain_loop(objective: str, cache: Path) -> list[float]:
     """What a researcher writes by hand: DataLoader, forward, ``.loss.backward()``, AdamW with the same
-    no-decay groups, the same linear warm-up schedule."""
-    import torch
-    from torch.utils.data import DataLoader
-    from transformers import get_linear_schedule_with_warmup
-
-    spec = OBJECTIVES[objective]
-    data, net, collator = prepared(objective, cache)
-    loader = DataLoader(data.datasets["train"], batch_size=spec["batch_size"], shuffle=True, collate_fn=collator)
-    groups = [{"params": [p for p in net.parameters() if p.ndim >= 2], "weight_decay": WEIGHT_DECAY},
-              {"params": [p for p in net.parameters() if p.ndim < 2], "weight_decay": 0.0}]
-    optimizer = torch.optim.AdamW(groups, lr=spec["lr"])
-    scheduler = get_linear_schedule_with_warmup(optimizer, int(WARMUP_RATIO * spec["steps"]), spec["steps"])
-    net.train()
-    times, tokens = [time.perf_counter()], [0]
-    while len(times) <= spec["steps"]:
-        for batch in loader:
-            loss = net(**{k: v for k, v in batch.items() if k != "special_tokens_mask"}).loss
-            loss.backward()
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            tokens.append(int(batch["attention_mask"].sum()))
-            times.append(time.perf_counter())
-            if len(times) > spec["steps"]:
-                break
-    return windowed_rates(times, tokens)
+    no-decay groups, the same linear warm-up schedule (lm_baselines.plain_loop, timed at every step)."""
+    return _rates(lm_baselines.plain_loop(setup(objective), cache))
 
 
 def hf_trainer(objective: str, cache: Path, output_dir: Path) -> list[float]:
     """Hugging Face's Trainer with the same settings: no gradient clipping (train.py has none by
-    default), no evaluation or saving inside the timed steps, its default optimizer."""
-    from transformers import Trainer, TrainerCallback, TrainingArguments
-
-    spec = OBJECTIVES[objective]
-    data, net, collator = prepared(objective, cache)
-    times, tokens = [], [0]
-
-    class StepTimes(TrainerCallback):
-        def on_train_begin(self, args, state, control, **kwargs):
-            times.append(time.perf_counter())
-
-        def on_step_end(self, args, state, control, **kwargs):
-            times.append(time.perf_counter())
-
-    class CountingCollator:
-        def __call__(self, examples):
-            batch = collator(examples)
-            tokens.append(int(batch["attention_mask"].sum()))
-            return batch
-
-    args = TrainingArguments(
-        output_dir=str(output_dir), per_device_train_batch_size=spec["batch_size"], max_steps=spec["steps"],
-        learning_rate=spec["lr"], weight_decay=WEIGHT_DECAY, warmup_steps=int(WARMUP_RATIO * spec["steps"]),
-        lr_scheduler_type="linear", max_grad_norm=0.0, logging_steps=LOG_EVERY, save_strategy="no",
-        eval_strategy="no", report_to=[], use_cpu=True, dataloader_num_workers=0, seed=42, disable_tqdm=False,
-    )
-    Trainer(model=net, args=args, train_dataset=data.datasets["train"], data_collator=CountingCollator(),
-            callbacks=[StepTimes()]).train()
-    return windowed_rates(times, tokens[:len(times)])
+    default), no evaluation or saving inside the timed steps, its default optimizer (lm_baselines.hf_trainer)."""
+    return _rates(lm_baselines.hf_trainer(setup(objective), cache, output_dir))
 
 
 def headstart_run(objective: str, cache: Path, root: Path) -> tuple[list[float], dict]:

@@ -28,6 +28,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 STEP_LOSSES = "tests/test_step_losses.py"
+GPU_STEP = "tests/test_gpu_step.py"
 
 
 @dataclass(frozen=True)
@@ -158,6 +159,44 @@ MUTATIONS = [
              "src/headstart/pipeline/intervals.py",
              (("np.percentile(gains, [tail, 100 - tail])", "np.percentile(gains, [25, 75])"),),
              first=("tests/test_intervals.py",)),
+    # -- issue 21: what a fast GPU step relies on, checked on the CPU ------------------------------------
+    Mutation("throughput_reads_every_step", "Throughput counts read (the device waited for) at every step",
+             "src/headstart/throughput.py",
+             (("        if not trainer.fit_loop._should_accumulate() and trainer._logger_connector.should_update_logs:",
+               "        if True:"),), first=(GPU_STEP,)),
+    Mutation("progress_bar_reads_every_step", "Training values for the bar logged with prog_bar (read every step)",
+             "src/headstart/module.py",
+             (("prog_bar=prog_bar and not on_step", "prog_bar=prog_bar"),), first=(GPU_STEP,)),
+    Mutation("nan_guard_reads_every_step", "The NaN guard reads each loss at its step on an accelerator too",
+             "src/headstart/training_guards.py",
+             (("        if not reading_waits(loss) or len(self._pending) >= every:", "        if True:"),),
+             first=(GPU_STEP,)),
+    Mutation("mlm_drawn_positions_compiled", "Masked LM: the head at the drawn positions (a data-dependent shape)",
+             "src/headstart/objectives/masked_lm.py",
+             (("        if not (torch.compiler.is_compiling() or reading_waits(labels)):", "        if True:"),),
+             first=(GPU_STEP,)),
+    Mutation("masking_cap_ignored", "Masking draws more tokens than the fixed-shape step has room for",
+             "src/headstart/data/collators.py", (("        if surplus > 0:", "        if False:"),),
+             first=(GPU_STEP,)),
+    Mutation("full_attention_mask_kept", "An all-ones attention mask kept (attention off its mask-free kernels)",
+             "src/headstart/data/collators.py",
+             (("    if mask is not None and bool(mask.all()):", "    if False:"),), first=(GPU_STEP,)),
+    Mutation("packed_blocks_short_last_batch", "Packed blocks keep the short last batch (a second graph shape)",
+             "src/headstart/data/text_lm.py", (('        return self.packing == "blocks"', "        return False"),),
+             first=(GPU_STEP,)),
+    Mutation("padded_vocab_scored", "The padded vocabulary's extra rows scored in the loss and predictions",
+             "src/headstart/module.py",
+             (("        return logits if self.padded_vocab_from is None else logits[..., : self.padded_vocab_from]",
+               "        return logits"),), first=(GPU_STEP,)),
+    Mutation("padded_vocab_exported", "The export keeps the padded vocabulary", "src/headstart/module.py",
+             (("        if self.padded_vocab_from is not None:  # the export has the tokenizer's vocabulary",
+               "        if False:  # the export has the tokenizer's vocabulary"),), first=(GPU_STEP,)),
+    Mutation("mfu_plugin_dtype", "MFU against the peak of Lightning's reading of the precision (float32)",
+             "src/headstart/throughput.py",
+             (("        dtype = compute_dtype_of(trainer.precision)", "        dtype = torch.float32"),),
+             first=(GPU_STEP,)),
+    Mutation("gpu_preset_uncompiled", "A shipped default changed: trainer=gpu without the compiled step",
+             "conf/trainer/gpu.yaml", (("  compile: true", "  compile: false"),), first=(GPU_STEP,)),
 ]
 
 

@@ -26,7 +26,7 @@ def _timed_steps(monkeypatch, expect_after: int, total: int, steps: int) -> thro
     """A monitor after ``steps`` training steps of 0.1 s each, of a run of ``total`` steps."""
     clock = _Clock()
     monkeypatch.setattr(throughput.time, "perf_counter", clock)
-    monkeypatch.setattr(throughput._LightningThroughputMonitor, "on_train_batch_end", lambda *a, **k: None)
+    monkeypatch.setattr(throughput.ThroughputMonitor, "_count", lambda *a, **k: None)
     monitor = throughput.ThroughputMonitor(expect_after=expect_after)
     trainer = SimpleNamespace(is_global_zero=True, global_step=0, estimated_stepping_batches=total)
     for step in range(1, steps + 1):

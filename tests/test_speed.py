@@ -26,7 +26,7 @@ def test_channels_last_and_compile_keep_outputs_and_parameter_names():
     before, names = module.net(images), list(module.state_dict())
     applied = apply_speed(module, compile=True, channels_last=True)
     assert applied == {"compile": True, "compile_mode": None, "compile_backend": "inductor", "channels_last": True,
-                       "matmul_precision": "highest"}
+                       "matmul_precision": "highest", "vocab_padded_to": None}
     assert module.net[0].weight.is_contiguous(memory_format=torch.channels_last)
     assert list(module.state_dict()) == names  # checkpoints and exports are unchanged
     torch.testing.assert_close(module.net(images), before, rtol=1e-4, atol=1e-5)

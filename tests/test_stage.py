@@ -113,8 +113,9 @@ def test_throughput_flops_first_step_and_memory_are_recorded(tmp_path, corpus_di
     first = results["time_to_first_step"]
     assert 0 < first["since_stage_start_s"] < first["since_process_start_s"] < 120, first
     assert "First optimizer step" in proc.stdout + proc.stderr
-    assert results["peak_rss_mb"] > 100 and results["speed"] == {"compile": False, "compile_mode": None,
-                                                                "channels_last": False}
+    assert results["peak_rss_mb"] > 100 and results["speed"] == {
+        "compile": False, "compile_mode": None, "compile_backend": "inductor", "channels_last": False,
+        "matmul_precision": "highest", "vocab_padded_to": None}
     flops, samples = logged(run_dir, "train/device/flops_per_sec"), logged(run_dir, "train/device/samples_per_sec")
     assert flops and len(flops) == len(samples)
     # FLOPs per example: a 32-token block through the tiny BERT (matrix weights x 6 per token, plus

@@ -33,6 +33,9 @@ class HeadstartModule(pl.LightningModule):
     #: (``fullgraph=True``, static shapes): ``speed.compile`` compiles that function, not the network alone.
     compiles_step = False
     _compiled_step = None  # set by compile_for_training
+    #: The tokenizer's vocabulary size when ``speed.pad_vocab_to_multiple_of`` padded the network's
+    #: vocabulary matrices (see :meth:`pad_vocab`); None: not padded.
+    padded_vocab_from: int | None = None
 
     def __init__(self, backbone, optimizer, scheduler=None, monitor: str | None = None,
                  monitor_mode: str | None = None) -> None:
@@ -92,6 +95,24 @@ class HeadstartModule(pl.LightningModule):
                                                 backend=backend)
         else:
             self.net.compile(mode=mode, backend=backend)
+
+    def pad_vocab(self, multiple: int) -> bool:
+        """Pad the network's vocabulary (input and output embedding matrices) to a multiple of ``multiple``
+        rows, the shapes GPU matrix units run fastest; True if it did. The padded rows are never inputs,
+        their logits are cut off (:meth:`vocab_logits`) and exports leave them out (:meth:`export`), so
+        what the model computes and writes is unchanged. Only networks with a vocabulary projection."""
+        if self.net.get_output_embeddings() is None:
+            return False
+        real = self.net.get_input_embeddings().num_embeddings
+        if real % multiple == 0:
+            return False
+        self.net.resize_token_embeddings(real, pad_to_multiple_of=multiple, mean_resizing=False)
+        self.padded_vocab_from = real
+        return True
+
+    def vocab_logits(self, logits: torch.Tensor) -> torch.Tensor:
+        """``logits`` over the tokenizer's vocabulary: those of a padded vocabulary's extra rows cut off."""
+        return logits if self.padded_vocab_from is None else logits[..., : self.padded_vocab_from]
 
     def build_network(self, backbone) -> torch.nn.Module:
         """The transformers model this module trains: the backbone with the head ``hf_head`` names."""
@@ -184,7 +205,13 @@ class HeadstartModule(pl.LightningModule):
         write the whole model instead (``SupervisedHead.export``)."""
         from headstart.transfer.export import write_export
 
-        write_export(self.exported_network(), processor, directory,
+        network = self.exported_network()
+        if self.padded_vocab_from is not None:  # the export has the tokenizer's vocabulary, as if never padded
+            import copy
+
+            network = copy.deepcopy(network)
+            network.resize_token_embeddings(self.padded_vocab_from, mean_resizing=False)
+        write_export(network, processor, directory,
                      {"objective": type(self).__name__, "export_kind": "backbone", **metadata})
 
     def exported_network(self) -> torch.nn.Module:

@@ -157,10 +157,17 @@ class ThroughputMonitor(_LightningThroughputMonitor):
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, *args) -> None:
         if not trainer.is_global_zero:
             return
+        self._count(trainer, pl_module, batch)
+        self._time_steps(trainer)
+
+    def _count(self, trainer, pl_module, batch) -> None:
+        """Add the step's counts up; read and log them at logging steps (when an optimizer step ends)."""
         self._counts.add(batch, pl_module.flops_per_batch)
         if not trainer.fit_loop._should_accumulate() and trainer._logger_connector.should_update_logs:
             self._take_counts(trainer)
             self._compute(trainer)
+
+    def _time_steps(self, trainer) -> None:
         if self.time_to_first_step is None:
             self.time_to_first_step = {"since_process_start_s": round(process_age(), 3),
                                        "since_stage_start_s": round(time.time() - self._stage_started, 3)}
@@ -196,14 +203,17 @@ class ThroughputMonitor(_LightningThroughputMonitor):
 def device_peak(trainer) -> float | None:
     """The dense peak FLOP/s of the trainer's GPU at its compute precision (None off GPUs, or for a card
     not in the table: no MFU then), logged once."""
-    from lightning.fabric.utilities.throughput import _plugin_to_compute_dtype
-
-    from headstart.peak_flops import describe, peak_flops
+    from headstart.peak_flops import compute_dtype_of, describe, peak_flops
 
     device = trainer.strategy.root_device
     if device.type != "cuda":
         return None
-    name, dtype = torch.cuda.get_device_name(device), _plugin_to_compute_dtype(trainer.precision_plugin)
+    # From the precision setting: Lightning's own reading of the plugin says float32 for bf16-mixed.
+    try:
+        dtype = compute_dtype_of(trainer.precision)
+    except ValueError:  # a precision plugin without one matmul dtype (e.g. transformer-engine)
+        return None
+    name = torch.cuda.get_device_name(device)
     if trainer.is_global_zero:
         log.info("MFU against %s", describe(name, dtype))
     return peak_flops(name, dtype)

@@ -68,6 +68,7 @@ RULES: dict[str, Range] = {
     "data.vocab_size": Range(32, integer=True, why="the tokenizer's vocabulary"),
     "data.image_size": Range(4, integer=True),
     "data.num_workers": Range(0, integer=True),
+    "speed.pad_vocab_to_multiple_of": Range(1, integer=True, why="rows the LM vocabulary is padded to a multiple of"),
     "data.min_test_rows": Range(0, integer=True, also=(), why="the fewest test rows data.drop_eval_overlap may leave"),
     "data.min_test_share": Range(0, 1, also=(), why="the smallest share of the test file data.drop_eval_overlap may leave"),
     "data.val_fraction": Range(0, 1, open_high=True, why="the share of the training data held out for validation"),

@@ -319,6 +319,9 @@ class SpeedConfig(Schema):
     # torch.set_float32_matmul_precision: high lets float32 matrix multiplies use TF32 tensor cores
     # (trainer=gpu sets it); null leaves torch's default (highest).
     matmul_precision: str | None = None
+    # Pad the vocabulary matrices of masked/causal LMs to a multiple of this many rows (trainer=gpu: 64, the
+    # shapes tensor cores run fastest); the padding is never predicted and exports leave it out. null: none.
+    pad_vocab_to_multiple_of: int | None = None
 
 
 @dataclass

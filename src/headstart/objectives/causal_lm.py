@@ -66,7 +66,7 @@ class CausalLanguageModeling(HeadstartModule):
         without padding comes without an attention mask, and attention then runs its causal kernel
         (``is_causal``, no mask tensor: the flash path on GPUs).
         """
-        logits = self.net(**encoder_inputs(batch, ("input_ids", "attention_mask"))).logits
+        logits = self.vocab_logits(self.net(**encoder_inputs(batch, ("input_ids", "attention_mask"))).logits)
         target = F.pad(batch["labels"][:, 1:], (0, 1), value=-100)
         return F.cross_entropy(logits.float().flatten(0, 1), target.flatten(), ignore_index=-100), logits, target
 
@@ -103,6 +103,8 @@ class CausalLanguageModeling(HeadstartModule):
         """
         prompt = prompt.to(self.device).unsqueeze(0)
         sampling = {"do_sample": True, "top_k": self.sample_top_k} if self.sample_top_k else {"do_sample": False}
+        if self.padded_vocab_from is not None:  # never the padded vocabulary's extra rows
+            sampling["suppress_tokens"] = list(range(self.padded_vocab_from, self.net.config.vocab_size))
         with self.seeded(self.sample_seed):
             out = self.net.generate(prompt, attention_mask=torch.ones_like(prompt),
                                     max_new_tokens=self.sample_new_tokens, eos_token_id=None,

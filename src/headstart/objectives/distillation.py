@@ -116,7 +116,7 @@ class MaskedLMDistillation(MaskedLanguageModeling):
         with torch.no_grad():
             teacher_logits, _ = masked_position_logits(self.teacher, inputs, batch["labels"])
         student_logits, target = masked_position_logits(self.net, inputs, batch["labels"])
-        return student_logits, teacher_logits, target
+        return self.vocab_logits(student_logits), teacher_logits, target
 
     def _distill_step(self, split: str, batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         student_logits, teacher_logits, target = self.masked_logits(batch)

@@ -69,6 +69,7 @@ class MaskedLanguageModeling(HeadstartModule):
         """
         logits, target = masked_position_logits(self.net, _model_inputs(batch), batch["labels"],
                                                 self._capacity(batch))
+        logits = self.vocab_logits(logits)
         return masked_token_loss(logits, target), logits, target
 
     def _capacity(self, batch) -> int | None:
@@ -91,7 +92,7 @@ class MaskedLanguageModeling(HeadstartModule):
         mlm_head, nsp_head = self._pretraining_heads()
         encoded = self.net.base_model(**_model_inputs(batch))
         hidden, target = masked_positions(encoded.last_hidden_state, batch["labels"], self._capacity(batch))
-        logits = mlm_head(hidden)
+        logits = self.vocab_logits(mlm_head(hidden))
         return masked_token_loss(logits, target), logits, target, nsp_head(encoded.pooler_output)
 
     def _pretraining_heads(self):

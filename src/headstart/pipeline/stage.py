@@ -372,6 +372,7 @@ def _results_record(cfg: DictConfig, cfg_hash: str, output_dir: Path, trainer, m
         "setup": report.describe_setup(cfg, module),
         "tokenizer_fingerprint": _tokenizer_fingerprint(datamodule),
         "peak_rss_mb": _peak_rss_mb(),
+        "peak_gpu_mb": _peak_gpu_mb(),
     }
     first_step = [c.time_to_first_step for c in trainer.callbacks if getattr(c, "time_to_first_step", None)]
     if first_step:
@@ -465,6 +466,13 @@ def _peak_rss_mb() -> float | None:
         return None
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return round(peak / (1024 * 1024 if sys.platform == "darwin" else 1024), 1)  # bytes on macOS, KiB on Linux
+
+
+def _peak_gpu_mb() -> float | None:
+    """The most GPU memory this process's tensors held (torch's allocator), in MiB; None without CUDA."""
+    import torch
+
+    return round(torch.cuda.max_memory_allocated() / 2**20, 1) if torch.cuda.is_available() else None
 
 
 def _train_examples(datamodule) -> int | None:
