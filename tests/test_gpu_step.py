@@ -55,11 +55,14 @@ def _module(objective: str, tokenizer, **kwargs):
     return CausalLanguageModeling(text_spec(tokenizer, TINY_GPT), ADAMW, **kwargs)
 
 
-def _block_data(tmp_path: Path, objective: str, module_factory, batch_size: int = 7) -> tuple:
-    """Packed 24-token blocks of a small corpus through the data module, as a pretraining stage reads them."""
-    corpus = write_corpus(tmp_path / "train.txt", 120, seed=3)
+def _lm_data(tmp_path: Path, objective: str, module_factory, packing: str = "blocks", batch_size: int = 7) -> tuple:
+    """A small corpus through the data module (24-token blocks, or lines of 2 to 14 words), as a
+    pretraining stage reads it."""
+    rng = random.Random(3)
+    corpus = tmp_path / "train.txt"
+    corpus.write_text("\n".join(make_sentence(rng, "animals", rng.randint(2, 14)) for _ in range(120)) + "\n")
     data = TextLMDataModule(train_files=[str(corpus)], tokenizer_type="wordpiece" if objective == "mlm" else "bpe",
-                            vocab_size=200, max_length=24, batch_size=batch_size, packing="blocks",
+                            vocab_size=200, max_length=24, batch_size=batch_size, packing=packing,
                             cache_dir=str(tmp_path / "cache"), seed=0)
     data.prepare()
     module = module_factory(data.tokenizer)
@@ -68,16 +71,18 @@ def _block_data(tmp_path: Path, objective: str, module_factory, batch_size: int 
 
 
 # -- one graph, compiled once ------------------------------------------------------------------------------
-@pytest.mark.parametrize("objective", ["mlm", "clm"])
-def test_the_lm_training_step_compiles_to_one_graph_that_never_recompiles(tmp_path, objective):
+@pytest.mark.parametrize(("objective", "packing"), [("mlm", "blocks"), ("clm", "blocks"), ("mlm", "lines")])
+def test_the_lm_training_step_compiles_to_one_graph_that_never_recompiles(tmp_path, objective, packing):
     """Forward and loss compile whole (fullgraph) and keep one graph over two epochs of batches with
-    different numbers of masked tokens; the loss is the eager step's, batch by batch."""
+    different numbers of masked tokens (and, for lines, of different lengths, padded to one), as a stage
+    sets the data up for a compiled step; the loss is the eager step's, batch by batch."""
     torch.manual_seed(0)
-    data, module = _block_data(tmp_path, objective, lambda tok: _module(objective, tok, **(
-        {"mlm_probability": 0.3} if objective == "mlm" else {})))
+    data, module = _lm_data(tmp_path, objective, lambda tok: _module(objective, tok, **(
+        {"mlm_probability": 0.3} if objective == "mlm" else {})), packing)
     module.eval()  # no dropout: the compiled and the eager step see the same function
     eager = copy.deepcopy(module)
     apply_speed(module, compile=True, compile_backend="aot_eager")
+    data.use_static_shapes()
     assert len(data.datasets["train"]) % data.batch_size != 0  # there is a short last batch to drop
     from torch._dynamo.utils import counters
 
@@ -308,10 +313,12 @@ def test_mfu_is_measured_against_the_cards_dense_peak(monkeypatch):
 
 @pytest.mark.slow
 def test_train_py_compiles_the_masked_lm_step_with_inductor_and_it_learns(tmp_path, corpus_dir, shared_cache):
-    """speed.compile=true through train.py (inductor's kernels, the padded vocabulary): the loss falls, the
-    run records the switches, and the export has the tokenizer's vocabulary."""
+    """speed.compile=true through train.py (inductor's kernels, the padded vocabulary) on line data, whose
+    lengths the stage pads to one for the compiled step (more than 8 shapes would end the run): the loss
+    falls, the run records the switches, and the export has the tokenizer's vocabulary."""
     proc = run_train(["experiment=text_mlm", "data=text_files", f"data.train_files=[{corpus_dir / 'train.txt'}]",
                       f"data.val_files=[{corpus_dir / 'val.txt'}]", *TINY_MODEL, "data.max_length=32",
+                      "data.packing=lines", "data.batch_size=7",
                       "data.vocab_size=200", "trainer.max_epochs=3", "logger=csv", "trainer.log_every_n_steps=5",
                       "speed.compile=true", "speed.pad_vocab_to_multiple_of=64"], tmp_path, shared_cache)
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -91,6 +91,9 @@ class HeadstartModule(pl.LightningModule):
         recompile from step to step) or else the network, in place (its parameter names, so checkpoints
         and exports, stay the same). Evaluation runs the network as it is."""
         if self.compiles_step:
+            # A stage's own graphs: those of an earlier stage in this process (a pipeline, a multirun) would
+            # count towards the recompile limit, which fails a fullgraph step.
+            torch._dynamo.reset()
             self._compiled_step = torch.compile(self.step_forward, fullgraph=True, dynamic=False, mode=mode,
                                                 backend=backend)
         else:

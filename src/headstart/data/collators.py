@@ -34,7 +34,10 @@ def prediction_capacity(positions: int, probability: float) -> int:
 class CappedMaskingCollator(DataCollatorForLanguageModeling):
     """transformers' masking collator (BERT's 80/10/10 masking of ``mlm_probability`` of the tokens)
     that never masks more than :func:`prediction_capacity` tokens of a batch, without the attention
-    mask of a batch with no padding."""
+    mask of a batch with no padding (unless ``keep_attention_mask``: batches padded to one length keep
+    one set of keys, so a compiled step sees one structure)."""
+
+    keep_attention_mask = False
 
     def torch_mask_tokens(self, inputs, special_tokens_mask=None, offset_mapping=None):
         original = inputs.clone()
@@ -50,15 +53,20 @@ class CappedMaskingCollator(DataCollatorForLanguageModeling):
         return inputs, labels
 
     def __call__(self, examples, return_tensors=None):
-        return without_full_attention_mask(super().__call__(examples, return_tensors))
+        batch = super().__call__(examples, return_tensors)
+        return batch if self.keep_attention_mask else without_full_attention_mask(batch)
 
 
 class UnpaddedCausalCollator(DataCollatorForLanguageModeling):
     """transformers' collator for causal LM (labels are the inputs, padding -> -100; ``forward`` shifts
-    them), without the attention mask of a batch that has no padding (see :func:`without_full_attention_mask`)."""
+    them), without the attention mask of a batch that has no padding (see :func:`without_full_attention_mask`),
+    unless ``keep_attention_mask``."""
+
+    keep_attention_mask = False
 
     def __init__(self, tokenizer, **kwargs) -> None:
         super().__init__(tokenizer, mlm=False, **kwargs)
 
     def __call__(self, examples, return_tensors=None):
-        return without_full_attention_mask(super().__call__(examples, return_tensors))
+        batch = super().__call__(examples, return_tensors)
+        return batch if self.keep_attention_mask else without_full_attention_mask(batch)

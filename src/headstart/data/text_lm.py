@@ -23,11 +23,22 @@ class TextLMDataModule(TextDataModule):
         super().__init__(**kwargs)
         self.packing = packing
 
+    #: Set by :meth:`use_static_shapes` for a compiled training step.
+    static_shapes = False
+
     @property
     def drop_last_train(self) -> bool:
         """Blocks are all one length: dropping the short last batch keeps every training batch one shape,
         so a compiled step never compiles again (a different block is left out each epoch)."""
-        return self.packing == "blocks"
+        return self.packing == "blocks" or self.static_shapes
+
+    def use_static_shapes(self) -> None:
+        """Every training batch one shape, for a training step compiled as one graph: the short last batch
+        dropped, and lines and sentence pairs padded to ``data.max_length`` (blocks have no padding)."""
+        self.static_shapes = True
+        if self.packing != "blocks" and self.collator is not None:
+            self.collator.pad_to_multiple_of = self.max_length
+            self.collator.keep_attention_mask = True  # also where a batch happens to have no padding
 
     @property
     def ordered_validation_split(self) -> bool:

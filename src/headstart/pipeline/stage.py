@@ -98,6 +98,8 @@ def run_stage(cfg: DictConfig) -> StageResult:
     handoff = _hand_off(cfg, module, spec, export_dir)
     transfer = apply_transfer(module, **cfg.transfer)
     speed = apply_speed(module, **cfg.speed)
+    if speed["compile"] and module.compiles_step and hasattr(datamodule, "use_static_shapes"):
+        datamodule.use_static_shapes()  # one graph: no shape for it to compile again
     if trainer.is_global_zero:
         _save_setup(cfg, plan, changes, datamodule, handoff)
     _log_hyperparams(loggers, cfg, cfg_hash, handoff)
