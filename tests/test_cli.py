@@ -3,36 +3,26 @@
 from __future__ import annotations
 
 import json
-import resource
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 from conftest import REPO, TINY_MODEL, TRAIN, assert_user_error, run_train, two_at_a_time
 
 
-def _child_cpu_seconds() -> float:
-    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return usage.ru_utime + usage.ru_stime
-
-
-def test_help_is_fast_and_lists_groups():
-    # CPU time, not wall time: it does not depend on what else the machine is running (the wall-clock
-    # figure is in bench/). Heavy imports (torch, transformers, lightning) alone take several seconds.
-    before = _child_cpu_seconds()
+def test_help_lists_groups_without_importing_the_heavy_libraries():
+    # What makes --help fast: torch, transformers and lightning stay unimported (seconds of imports). The
+    # wall-clock time is a benchmark (bench/startup_memory.py), not a test: it depends on the machine's load.
     proc = subprocess.run([sys.executable, str(TRAIN), "--help"], capture_output=True, text=True, cwd=REPO)
-    cpu = _child_cpu_seconds() - before
     assert proc.returncode == 0, proc.stderr
     for group in ("data:", "model:", "task:", "trainer:", "logger:", "experiment:", "hparams_search:"):
         assert group in proc.stdout
-    assert cpu < 3.0, f"--help used {cpu:.2f}s of CPU"
-    assert "torch" not in subprocess.run(
+    assert not {"torch", "transformers", "lightning"} & set(subprocess.run(
         [sys.executable, "-c", "import sys, runpy; sys.argv = ['train.py', '--help']\n"
          "try:\n runpy.run_path('train.py', run_name='__main__')\nexcept SystemExit: pass\n"
          "print(' '.join(m for m in ('torch', 'transformers', 'lightning') if m in sys.modules), file=sys.stderr)"],
-        capture_output=True, text=True, cwd=REPO).stderr.split()
+        capture_output=True, text=True, cwd=REPO).stderr.split())
 
 
 def test_help_shows_the_config_its_overrides_compose():
@@ -143,19 +133,32 @@ def mistakes(tmp_path_factory, corpus_dir, wide_export) -> dict[str, tuple]:
     def run(case):
         root = tmp_path_factory.mktemp(case.__name__)
         args, fragments = case(root, corpus_dir, wide_export)
-        start = time.perf_counter()
-        proc = run_train(args, root)
-        return proc, fragments, time.perf_counter() - start
+        return run_train(args, root), fragments
 
     return two_at_a_time(run, MISTAKES)
 
 
 @pytest.mark.parametrize("case", MISTAKES, ids=lambda case: case.__name__)
 def test_user_mistake_is_one_clear_error(case, mistakes):
-    proc, fragments, seconds = mistakes[case.__name__]
+    proc, fragments = mistakes[case.__name__]
     assert_user_error(proc, *fragments)
-    if case is offline_hub_name:
-        assert seconds < 30  # fails fast, without waiting on the network
+
+
+def test_an_offline_hub_name_fails_without_trying_the_network(monkeypatch):
+    """With HF_HUB_OFFLINE=1 a hub name is refused at once: no connection is tried (one would wait for
+    its timeout on a machine without network)."""
+    import socket
+
+    from headstart.backbones.text import TextBackboneSpec
+    from headstart.errors import CheckpointError
+
+    def no_network(*args, **kwargs):
+        raise AssertionError("a network connection was tried")
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(socket, "create_connection", no_network)
+    with pytest.raises(CheckpointError, match="cannot be reached"):
+        TextBackboneSpec(name_or_path="some-org/some-model")
 
 
 def test_existing_run_dir_is_never_overwritten(tmp_path, corpus_dir):

@@ -137,7 +137,9 @@ class HeadstartModule(pl.LightningModule):
         return DataCollatorWithPadding(processor)
 
     def train(self, mode: bool = True):
-        """Lightning switches the module to train mode every epoch; frozen parts stay in eval mode."""
+        """Frozen parts stay in eval mode whenever the module is switched to train mode (by Lightning,
+        or by a caller); ``apply_transfer`` also puts them in eval mode once, as Lightning 2.6 keeps
+        each submodule's mode through fit."""
         super().train(mode)
         for module in self.frozen_modules:
             module.train(False)

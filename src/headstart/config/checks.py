@@ -19,7 +19,9 @@ from headstart.errors import ConfigError
 @dataclass(frozen=True)
 class Range:
     """Allowed values of a number: ``low``/``high`` bounds (inclusive unless ``open_low``/``open_high``),
-    an integer if ``integer``, and ``also`` values outside them that have a meaning (-1, None)."""
+    an integer if ``integer``, and ``also`` values outside them that have a meaning (-1, None). NaN is
+    never allowed, nor an infinity unless ``also`` names it: ``task.optimizer.lr=inf`` is a typo, not a
+    learning rate, and would only be stopped by the NaN guard once it has spoilt the weights."""
 
     low: float = -math.inf
     high: float = math.inf
@@ -36,6 +38,8 @@ class Range:
             return False
         if value in self.also:
             return True
+        if not math.isfinite(value):
+            return False
         if self.integer and not float(value).is_integer():
             return False
         above = value > self.low if self.open_low else value >= self.low
@@ -44,13 +48,19 @@ class Range:
 
     def describe(self) -> str:
         kind = "an integer" if self.integer else "a number"
+        low, high = _number(self.low), _number(self.high)
         if self.high == math.inf:
-            bound = f"{'>' if self.open_low else '>='} {self.low:g}"
+            bound = f"{'>' if self.open_low else '>='} {low}"
         else:
-            bound = f"in {'(' if self.open_low else '['}{self.low:g}, {self.high:g}{')' if self.open_high else ']'}"
+            bound = f"in {'(' if self.open_low else '['}{low}, {high}{')' if self.open_high else ']'}"
         extra = ["null" if v is None else repr(v) for v in self.also]
         text = f"{kind} {bound}" + (f" (or {' / '.join(extra)})" if extra else "")
         return text + (f": {self.why}" if self.why else "")
+
+
+def _number(x: float) -> str:
+    """A bound as typed: whole numbers in full (2**32 - 1 as 4294967295), others in %g."""
+    return str(int(x)) if math.isfinite(x) and float(x).is_integer() else f"{x:g}"
 
 
 COUNT = Range(1, integer=True)
@@ -61,6 +71,8 @@ DROPOUT = Range(0, 1, open_high=True)
 
 # fnmatch patterns over dotted config keys -> the range their values must be in.
 RULES: dict[str, Range] = {
+    # Lightning's seed_everything takes an unsigned 32-bit seed; anything else ends in its traceback.
+    "seed": Range(0, 2**32 - 1, integer=True, also=(), why="the random seed; seeds are unsigned 32-bit integers"),
     "data.batch_size": Range(1, integer=True, also=(), why="examples per optimizer step"),
     "data.eval_batch_size": COUNT,
     "data.*.batch_size": COUNT,
@@ -87,7 +99,7 @@ RULES: dict[str, Range] = {
     "task.queue_size": COUNT,
     "task.window": COUNT,
     "task.negatives": COUNT,
-    "task.knn_k": COUNT,
+    "task.knn_k": Range(0, integer=True, also=(), why="neighbours of the kNN monitor (val/knn_acc); 0 switches it off"),
     "task.latent_dim": COUNT,
     "task.projection_dim": COUNT,
     "task.kl_weight": NON_NEGATIVE,
@@ -135,17 +147,25 @@ def _leaves(node: Any, prefix: str = "") -> Iterator[tuple[str, Any]]:
         yield prefix, node._value() if hasattr(node, "_value") else node
 
 
+def _non_finite(value: Any) -> bool:
+    return isinstance(value, float) and not math.isfinite(value)
+
+
 def problems(cfg: DictConfig) -> list[str]:
-    """One sentence per value of ``cfg`` outside its range."""
+    """One sentence per value of ``cfg`` outside its range; a NaN or infinite number is refused under
+    any key checked, with or without a rule (a rule may allow an infinity by naming it in ``also``)."""
     found = []
     for key, value in _leaves(cfg):
-        if not key.startswith(("data.", "task.", "model.", "trainer.", "transfer.")):
+        if key != "seed" and not key.startswith(("data.", "task.", "model.", "trainer.", "transfer.")):
             continue
-        for pattern, allowed in RULES.items():
-            if fnmatch.fnmatchcase(key, pattern) and not allowed.allows(value):
-                found.append(f"{key}={'null' if value is None else value!r} is out of range: it must be "
-                             f"{allowed.describe()}")
-                break
+        shown = "null" if value is None else repr(value)
+        rules = [rule for pattern, rule in RULES.items() if fnmatch.fnmatchcase(key, pattern)]
+        broken = next((rule for rule in rules if not rule.allows(value)), None)
+        if broken is not None:
+            what = "is not a finite number" if _non_finite(value) else "is out of range"
+            found.append(f"{key}={shown} {what}: it must be {broken.describe()}")
+        elif not rules and _non_finite(value):
+            found.append(f"{key}={shown} is not a finite number: give it a finite value (or leave it at its default)")
     return found
 
 

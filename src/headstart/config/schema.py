@@ -92,6 +92,7 @@ class LabelAmountFields(Schema):
     number of examples spread over the classes by label_sampling (stratified | balanced | per_class)."""
 
     label_fraction: float = 1.0
+    # More than the training split has keeps all of it, with a warning.
     label_count: int | None = None
     label_sampling: str = "stratified"
 
@@ -332,6 +333,7 @@ class TrainConfig(Schema, name="train_schema"):
     # with the fine-tuned model model.init_from names (headstart.pipeline.inference), training nothing.
     mode: str = "train"
     task_name: str = "train"
+    # The random seed of everything (Lightning's seed_everything): an integer in [0, 2**32 - 1].
     seed: int = 42
     run_name: str | None = None
     run_group: str | None = None

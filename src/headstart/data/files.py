@@ -15,6 +15,15 @@ BUILDERS = {".txt": "text", ".text": "text", ".jsonl": "json", ".json": "json", 
 DEFAULT_DELIMITERS = {".tsv": "\t"}
 
 
+_SETTING_PREFIX = {"validation": "val"}
+
+
+def files_setting(split: str) -> str:
+    """The setting that lists a split's files: ``data.train_files``, ``data.val_files`` (the validation
+    split), ``data.overlap_files``, ..."""
+    return f"data.{_SETTING_PREFIX.get(split, split)}_files"
+
+
 def delimiter_of(paths: list[str], delimiter: str | None) -> str | None:
     """The delimiter to read ``paths`` with: ``data.delimiter`` if set, else the suffix's (tab for
     .tsv), else None (the reader's own: a comma for .csv)."""
@@ -29,25 +38,38 @@ def check_files(split: str, paths: list[str]) -> str:
     builders = set()
     for path in paths:
         p = Path(path)
+        if p.is_dir():
+            raise DataError(f"{files_setting(split)}: {path!r} is a directory, not a file. {_files_in(p, split)}")
         if not p.is_file():
             raise DataError(
-                f"data.{split}_files: {path!r} does not exist (looked in {p.resolve().parent}). "
+                f"{files_setting(split)}: {path!r} does not exist (looked in {p.resolve().parent}). "
                 "Give the path of an existing file, absolute or relative to where you run train.py."
             )
         if p.stat().st_size == 0:
-            raise DataError(f"data.{split}_files: {path!r} is empty. Point the data config at a file with text in it.")
+            raise DataError(f"{files_setting(split)}: {path!r} is empty. Point the data config at a file with text in it.")
         suffix = p.suffix.lower()
         if suffix not in BUILDERS:
             raise DataError(
-                f"data.{split}_files: {path!r} has suffix {suffix!r}, which headstart cannot read; "
+                f"{files_setting(split)}: {path!r} has suffix {suffix!r}, which headstart cannot read; "
                 f"use one of {', '.join(sorted(BUILDERS))}."
             )
         if BUILDERS[suffix] != "parquet":
             check_utf8(split, path)
         builders.add(BUILDERS[suffix])
     if len(builders) > 1:
-        raise DataError(f"data.{split}_files mixes file types ({sorted(builders)}); give files of one type per split.")
+        raise DataError(f"{files_setting(split)} mixes file types ({sorted(builders)}); give files of one type per split.")
     return builders.pop()
+
+
+def _files_in(directory: Path, split: str) -> str:
+    """What to give instead of a directory: the readable files in it, as the setting lists them."""
+    found = sorted(str(f) for f in directory.iterdir() if f.is_file() and f.suffix.lower() in BUILDERS
+                   and not f.name.startswith("."))
+    if not found:
+        return (f"It holds no file headstart reads ({', '.join(sorted(BUILDERS))}); give the data files "
+                f"themselves, as a list: {files_setting(split)}=[<file>,<file>].")
+    shown, more = ",".join(found[:3] + ["..."] * (len(found) > 3)), f" ({len(found)} files there)" * (len(found) > 3)
+    return f"Give the files in it as a list (one type per split): {files_setting(split)}=[{shown}]{more}."
 
 
 def check_utf8(split: str, path: str) -> None:
@@ -70,11 +92,11 @@ def check_utf8(split: str, path: str) -> None:
                 line.decode("utf-8")
             except UnicodeDecodeError as err:
                 raise DataError(
-                    f"data.{split}_files: {path!r} is not UTF-8 text: line {number} has the byte "
+                    f"{files_setting(split)}: {path!r} is not UTF-8 text: line {number} has the byte "
                     f"0x{line[err.start]:02x} at column {err.start + 1} ({line[max(0, err.start - 20):err.start + 20]!r}). "
                     "Save the file as UTF-8 (e.g. `iconv -f latin1 -t utf-8 in > out`), or fix that line."
                 ) from None
-    raise DataError(f"data.{split}_files: {path!r} is not UTF-8 text (it ends inside a character). Save it as UTF-8.")
+    raise DataError(f"{files_setting(split)}: {path!r} is not UTF-8 text (it ends inside a character). Save it as UTF-8.")
 
 
 def file_sha256(path: Path | str) -> str:
@@ -116,7 +138,7 @@ def read_dataset(split: str, paths: list[str], builder: str, cache_dir: str, del
                     f"read with {shown}. Name the right one with data.delimiter (e.g. data.delimiter=';', or "
                     "data.delimiter=tab; .tsv files are read with tabs), and quote fields that "
                     "hold the delimiter or line breaks (\"...\").")
-        raise DataError(f"data.{split}_files: could not read {paths} as {builder} ({type(cause).__name__}: "
+        raise DataError(f"{files_setting(split)}: could not read {paths} as {builder} ({type(cause).__name__}: "
                         f"{message}). {hint}") from None
 
 
@@ -134,13 +156,13 @@ def load_files(files: dict[str, list[str]], text_column: str, cache_dir: str, re
         missing = [c for c in (column, *required) if c not in ds.column_names]
         if missing:
             raise DataError(
-                f"data.{split}_files: {paths} has no column {missing[0]!r} (columns: {ds.column_names}). "
+                f"{files_setting(split)}: {paths} has no column {missing[0]!r} (columns: {ds.column_names}). "
                 f"Set data.text_column / data.label_column to the right names."
             )
         if column != "text":
             ds = ds.rename_column(column, "text")
         ds = ds.filter(lambda row: isinstance(row["text"], str) and row["text"].strip() != "")
         if len(ds) == 0:
-            raise DataError(f"data.{split}_files: {paths} holds no non-empty text. Point the config at a file with data.")
+            raise DataError(f"{files_setting(split)}: {paths} holds no non-empty text. Point the config at a file with data.")
         splits[split] = ds
     return datasets.DatasetDict(splits)

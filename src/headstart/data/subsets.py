@@ -13,12 +13,15 @@ Draws are seeded (a different seed draws a different subset) and keep the origin
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 
 import numpy as np
 import torch
 
 from headstart.errors import ConfigError
+
+log = logging.getLogger(__name__)
 
 SAMPLINGS = ("stratified", "balanced", "per_class")
 
@@ -37,6 +40,19 @@ def check_label_amount(fraction: float, count: int | None, sampling: str) -> Non
         raise ConfigError(f"data.label_sampling={sampling!r} is not one of {list(SAMPLINGS)}: stratified (label_count in "
                           "all, classes in the training split's proportions), balanced (label_count in all, equal per "
                           "class) or per_class (label_count from every class).")
+
+
+def _warn_if_beyond(count: int, rows: int, largest_class: int | None = None) -> None:
+    """Say so when ``data.label_count`` asks for more than the training split has (every row is then
+    kept, and the run is one with all the labels, not with ``count`` of them); ``largest_class``: the
+    largest class's size, where the count is per class."""
+    if largest_class is not None and count > largest_class:
+        log.warning("data.label_count=%d (per class, data.label_sampling=per_class) is more than any class of the "
+                    "training split has (the largest: %d): all %d training examples are used", count,
+                    largest_class, rows)
+    elif largest_class is None and count > rows:
+        log.warning("data.label_count=%d is more than the %d examples of the training split: all %d are used; "
+                    "ask for at most %d", count, rows, rows, rows)
 
 
 def _per_class_counts(sizes: np.ndarray, fraction: float, count: int | None, sampling: str,
@@ -90,6 +106,8 @@ def label_subset_indices(labels: Sequence[int] | torch.Tensor | np.ndarray, frac
     sizes = np.bincount(inverse, minlength=len(classes))
     generator = torch.Generator().manual_seed(seed)
     take = _per_class_counts(sizes, fraction, count, sampling, generator)
+    if count is not None:
+        _warn_if_beyond(count, len(labels), sizes.max() if sampling == "per_class" else None)
     keep = []
     for c in range(len(classes)):
         members = np.flatnonzero(inverse == c)
@@ -105,6 +123,8 @@ def random_subset_indices(size: int, fraction: float = 1.0, seed: int = 0, minim
     sequences)."""
     if count is None and fraction >= 1.0:
         return list(range(size))
+    if count is not None:
+        _warn_if_beyond(count, size)
     wanted = count if count is not None else round(fraction * size)
     order = torch.randperm(size, generator=torch.Generator().manual_seed(seed))
     return sorted(order[: min(size, max(minimum, wanted))].tolist())

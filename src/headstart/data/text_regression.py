@@ -77,6 +77,14 @@ class TextRegressionDataModule(TextClassificationDataModule):
         TextDataModule.prepare(self, tokenizer_source)  # not the classifier's: it keeps a row per label
         # A correlation needs two rows.
         self.datasets["train"] = self.label_amount.subset(self.datasets["train"], self.seed, minimum=2)
+        if not self.label_amount.everything:  # scaled by the labels the run keeps, none of the others'
+            import numpy as np
+
+            train = self.datasets["train"]
+            kept = np.array(train.with_format("numpy")["labels"], dtype=np.float64).reshape(len(train), -1)
+            self.target_mean = kept.mean(0).tolist()
+            # A target every kept row shares is left unscaled (std 1), not divided by zero.
+            self.target_std = [std or 1.0 for std in kept.std(0).tolist()]
 
     def _new_label(self, value, where: str):
         """A row's target(s) as the head takes them: as many numbers as the model predicts."""

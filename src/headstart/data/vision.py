@@ -321,6 +321,15 @@ class ImageDataModule(SplitLoaders, pl.LightningDataModule):
         self._processor: ImageProcessor | None = None
 
     # -- preparation --------------------------------------------------------------------------
+    def read_splits(self):
+        """The class folders listed and checked as ``prepare`` reads them (classes, a single class,
+        classes missing from training, unreadable files), without decoding an image: what a pipeline
+        calls before its first stage trains, so bad data stops it before any training. Returns the
+        splits and the class names (None for a builtin data set)."""
+        if self.builtin is not None:
+            return None
+        return _folder_splits(self.dirs, self.val_fraction, self.seed)
+
     def prepare(self, processor_source: str | None = None) -> None:
         """Read the splits and set up the processor: the one saved in ``processor_source`` (an export or
         model directory) or ``data.processor`` when there is one, else one from the data config, with the

@@ -49,15 +49,18 @@ def run_inference(cfg: DictConfig) -> dict[str, float]:
     from hydra.utils import instantiate
 
     from headstart.pipeline.rundir import save_config
-    from headstart.transfer.export import load_module_from_export
+    from headstart.transfer.export import EXPORT_METADATA, load_module_from_export
 
     check_mode(cfg.mode)
     export_dir, meta = head_export(cfg.model.get("init_from"), cfg.mode)
     split = "predict" if cfg.mode == "predict" else "test"
     paths = files_to_read(cfg.data, split, cfg.mode)
+    # What the export says to build is checked before anything is built (its files are data): the data
+    # config here, the task config first thing in load_module_from_export.
+    data_config = new_data_config(meta, cfg.data, _command_line_keys(), str(cfg.paths.cache_dir),
+                                  source=export_dir / EXPORT_METADATA)
     module = load_module_from_export(export_dir)
     processor = load_processor(export_dir, module)
-    data_config = new_data_config(meta, cfg.data, _command_line_keys(), str(cfg.paths.cache_dir))
     datamodule = instantiate(data_config, _convert_="all")
     datamodule.bind_model(processor, meta.get("task_kwargs") or {})
     rows = datamodule.read_new_rows(split, paths, labelled=split == "test")
@@ -166,14 +169,20 @@ def _command_line_keys() -> set[str]:
     return {o.split("=", 1)[0].lstrip("+~").removeprefix("data.") for o in overrides if o.lstrip("+~").startswith("data.")}
 
 
-def new_data_config(meta: dict[str, Any], data_cfg: DictConfig, given: set[str], cache_dir: str) -> dict[str, Any]:
-    """The fine-tuning run's data config (from the export), with the settings the command line gives
-    winning, and this run's cache: what builds the data module that reads the new rows."""
-    exported = dict(meta.get("data_config") or {})
-    if not exported.get("_target_"):
+def new_data_config(meta: dict[str, Any], data_cfg: DictConfig, given: set[str], cache_dir: str,
+                    source: str | Path = "headstart_export.json") -> dict[str, Any]:
+    """The fine-tuning run's data config (from the export, read from ``source``: it must build one of
+    headstart's data modules and nothing else), with the settings the command line gives winning, and
+    this run's cache: what builds the data module that reads the new rows."""
+    from headstart.config.allowlist import check_buildable, data_module_targets
+
+    exported = meta.get("data_config") or {}
+    if isinstance(exported, dict) and not exported.get("_target_"):
         raise CheckpointError("The export records no data config (its headstart_export.json has no data_config "
                               "with a _target_): it was made by an older headstart. Fine-tune the model again to "
                               "predict or evaluate with it.")
+    check_buildable(exported, data_module_targets(), source, "data_config", "data modules")
+    exported = dict(exported)
     current = OmegaConf.to_container(data_cfg, resolve=True) if isinstance(data_cfg, DictConfig) else dict(data_cfg)
     for key in sorted(given):
         if key in _WHAT_TO_READ or key not in current:

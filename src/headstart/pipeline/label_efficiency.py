@@ -70,10 +70,14 @@ def summarize(runs: list[dict[str, Any]], lower_is_better: bool = False) -> list
 
 
 def amount_label(row: dict[str, Any]) -> str:
-    """"100", "85 (5%)", "1700 (all)": the number of labelled examples, and the share asked for."""
+    """"100", "85 (5%)", "1700 (all)": the number of labelled examples, and the share asked for; a
+    count larger than the training split (every example kept) as "1700 (all; 5000 asked)"."""
     n, labels = row.get("train_examples"), row["labels"]
     if n is None:
         return labels
+    count = row.get("label_count")
+    if count is not None and n < count:  # fewer than asked: the split ran out (per class too: see subsets)
+        return f"{n} (all; {labels} asked)"
     return str(n) if labels == str(n) else f"{n} ({labels})"
 
 

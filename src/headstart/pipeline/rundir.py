@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
@@ -71,6 +72,53 @@ def claim_run_dir(output_dir: Path, resuming: bool) -> None:
             "or continue that run with resume=auto (or resume=<its directory>)."
         )
     output_dir.mkdir(parents=True, exist_ok=True)
+    if not is_secondary_rank():
+        remove_stale_exports(output_dir)
+
+
+#: ``export.tmp<pid>`` (``export/<task>.tmp<pid>`` for a multi-task run): where an export is written
+#: before it is renamed into place (headstart.transfer.export.write_export).
+_EXPORT_TMP = re.compile(r"^(?P<name>[^/]+)\.tmp(?P<pid>\d+)$")
+
+
+def _process_alive(pid: int) -> bool:
+    """Whether a process ``pid`` runs on this machine (one of another user's counts as running)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    except OverflowError:  # no such pid can exist
+        return False
+    return True
+
+
+def remove_stale_exports(output_dir: Path) -> list[Path]:
+    """Remove the half-written exports that a run killed while exporting left in ``output_dir``
+    (``export.tmp<pid>/``, and ``export/<task>.tmp<pid>/`` of a multi-task run), which nothing would
+    ever remove otherwise. Only those of this process (a restarted container reuses pids) or of a
+    process that no longer runs: one of a live process may still be being written. Returns them."""
+    import logging
+    import shutil
+
+    output_dir = Path(output_dir)
+    candidates = [*output_dir.glob("export.tmp*")]
+    if (output_dir / "export").is_dir():
+        candidates += (output_dir / "export").glob("*.tmp*")
+    removed = []
+    for path in sorted(candidates):
+        match = _EXPORT_TMP.match(path.name)
+        if match is None or not path.is_dir() or path.is_symlink():
+            continue
+        pid = int(match["pid"])
+        if pid != os.getpid() and _process_alive(pid):
+            continue
+        shutil.rmtree(path, ignore_errors=True)
+        removed.append(path)
+        logging.getLogger(__name__).warning("Removed %s, an export left half-written by process %d, which was "
+                                            "stopped while exporting", path, pid)
+    return removed
 
 
 def config_hash(cfg: DictConfig) -> str:

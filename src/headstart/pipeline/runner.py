@@ -13,7 +13,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from headstart.config.checks import check_values
+from headstart.config.checks import RULES, check_values
 from headstart.data import overlap
 from headstart.errors import ConfigError
 from headstart.pipeline import report as results_report
@@ -186,6 +186,7 @@ def run_pipeline(cfg: DictConfig) -> dict[str, Any]:
     config_name = hydra_cfg.job.config_name
     pipe = cfg.pipeline
     amounts = label_amounts(pipe.label_fractions, pipe.label_counts)  # checked before anything trains
+    check_seeds(pipe.seeds)
     if not amounts and pipe.seeds:  # several seeds at all the labels: the same report, one row
         amounts = label_amounts(None, ["all"])
     reused = _reused_pretraining(pipe)
@@ -272,6 +273,15 @@ def check_data(stage_cfg: DictConfig) -> None:
     datamodule = instantiate(stage_cfg.data)
     if hasattr(datamodule, "read_splits"):
         datamodule.read_splits()
+
+
+def check_seeds(seeds) -> None:
+    """``pipeline.seeds``, each a seed ``seed=`` takes (only the first is in the stage configs checked
+    before the first stage trains; a bad later one would end the pipeline in a traceback hours in)."""
+    bad = [s for s in seeds or [] if not RULES["seed"].allows(s)]
+    if bad:
+        raise ConfigError(f"pipeline.seeds={list(seeds)} has {bad}: each seed must be {RULES['seed'].describe()}, "
+                          "e.g. pipeline.seeds=[0,1,2].")
 
 
 def label_amounts(fractions, counts) -> list[dict[str, Any]]:

@@ -40,8 +40,15 @@ HF_TASKS = {
     "span": ("AutoModelForQuestionAnswering", "HeadstartForQuestionAnswering", "question-answering"),
 }
 #: headstart's model types -> the module whose import registers them with transformers' auto classes.
+#: Loading an export imports the one its config.json's model_type names here, never a module named by
+#: the export's files (its ``requires_import`` is written for the model card and older readers only).
 REGISTERING_MODULES = {"headstart_head": "headstart.hf_models", "headstart_cnn": "headstart.backbones.vision",
                        "headstart_word2vec": "headstart.backbones.word2vec"}
+#: The transformers auto classes an export may name (its ``auto_class``) to be loaded with.
+AUTO_CLASSES = ("AutoModel", *dict.fromkeys(auto for auto, _, _ in HF_TASKS.values()))
+#: Entries of an export's task_config that loading it sets itself (a loaded module trains nothing):
+#: nothing in them is built.
+_SET_BY_LOADER = ("backbone", "optimizer", "scheduler")
 
 
 def write_export(net, processor, directory: str, metadata: dict[str, Any]) -> None:
@@ -268,17 +275,47 @@ def _differ(head, model, batch: dict[str, torch.Tensor]) -> str | None:
 
 
 # -- a head export back into headstart's module -------------------------------------------------------
+def registering_module(export_dir: str | Path) -> str | None:
+    """The module whose import registers the export's model type with transformers: the one
+    :data:`REGISTERING_MODULES` gives for its config.json's ``model_type`` (None for transformers' own
+    types). A file never chooses what is imported."""
+    try:
+        config = json.loads((Path(export_dir) / "config.json").read_text())
+    except (OSError, ValueError):
+        return None  # from_pretrained reports the missing or damaged config.json
+    model_type = config.get("model_type") if isinstance(config, dict) else None
+    return REGISTERING_MODULES.get(model_type) if isinstance(model_type, str) else None
+
+
 def load_hf_model(export_dir: str | Path):
-    """The transformers model of an export, loaded with the auto class its metadata names (after
-    importing the module that registers headstart's model types)."""
+    """The transformers model of an export, loaded with the auto class its metadata names (one of
+    :data:`AUTO_CLASSES`), after importing the module that registers its model type, if headstart's
+    (:func:`registering_module`). An export whose ``requires_import`` names another module than that
+    is refused: headstart made it with the same registry, so the file was edited, and nothing a file
+    names is imported."""
     import importlib
 
     import transformers
 
+    from headstart.config.allowlist import ADVICE
+    from headstart.errors import CheckpointError
+
+    source = Path(export_dir) / EXPORT_METADATA
     meta = read_metadata(Path(export_dir))
-    if meta.get("requires_import"):
-        importlib.import_module(meta["requires_import"])
-    return getattr(transformers, meta.get("auto_class") or "AutoModel").from_pretrained(str(export_dir))
+    auto_class = meta.get("auto_class") or "AutoModel"
+    if auto_class not in AUTO_CLASSES:
+        raise CheckpointError(f"{source}: auto_class is {str(auto_class)[:100]!r}, not one of the classes headstart "
+                              f"loads an export with ({', '.join(AUTO_CLASSES)}). {ADVICE}")
+    module = registering_module(export_dir)
+    named = meta.get("requires_import")
+    if named and named != module:
+        raise CheckpointError(
+            f"{source}: requires_import is {str(named)[:100]!r}, but headstart imports "
+            f"{f'{module!r}' if module else 'nothing'} for an export of this model type (its config.json) and never "
+            f"a module that a file names. {ADVICE}")
+    if module is not None:
+        importlib.import_module(module)
+    return getattr(transformers, auto_class).from_pretrained(str(export_dir))
 
 
 def load_module_from_export(export_dir: str | Path):
@@ -297,17 +334,34 @@ def load_module_from_export(export_dir: str | Path):
     if meta.get("export_kind") != "head" or not meta.get("task_config"):
         raise CheckpointError(f"{export_dir} is not the export of a downstream head made by this headstart version "
                               f"(its {EXPORT_METADATA} has no task_config); only head exports load back as a module.")
+    task_config, task_kwargs = buildable_task(export_dir, meta)
     model = load_hf_model(export_dir)
     backbone_config = model.base_model.config
     image = model.base_model.main_input_name == "pixel_values"
     spec = (VisionBackboneSpec if image else TextBackboneSpec)(arch={"model_type": backbone_config.model_type})
     spec.config = backbone_config  # the export's backbone, as it was bound to the run's data
-    module = instantiate(meta["task_config"], backbone=spec, optimizer=None, scheduler=None,
-                         **meta.get("task_kwargs", {}), _convert_="all")
+    module = instantiate(task_config, **{**task_kwargs, "backbone": spec, "optimizer": None, "scheduler": None},
+                         _convert_="all")
     with torch.no_grad():
         for ours, theirs in tensor_pairs(module, model):
             ours.copy_(theirs)
     return module.eval()
+
+
+def buildable_task(export_dir: Path, meta: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The export's ``task_config`` (less what the loader sets itself) and ``task_kwargs``, checked
+    before anything is built from them: the config builds one of headstart's heads and nothing else,
+    the kwargs are plain settings (:func:`headstart.config.allowlist.check_buildable`)."""
+    from headstart.config.allowlist import check_buildable, head_targets
+
+    source = export_dir / EXPORT_METADATA
+    task_config = meta.get("task_config")
+    if isinstance(task_config, dict):
+        task_config = {k: v for k, v in task_config.items() if k not in _SET_BY_LOADER}
+    check_buildable(task_config, head_targets(), source, "task_config", "heads")
+    task_kwargs = meta.get("task_kwargs") or {}
+    check_buildable(task_kwargs, frozenset(), source, "task_kwargs")
+    return task_config, task_kwargs
 
 
 # -- the model card -----------------------------------------------------------------------------------

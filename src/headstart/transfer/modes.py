@@ -104,6 +104,8 @@ def apply_transfer(module, mode: str = "finetune", freeze_layers: int = 0,
             param.requires_grad_(False)
     if mode == "linear_probe":
         module.frozen_modules = [backbone]  # HeadstartModule.train keeps these in eval mode
+        # Lightning's fit never calls train(): it keeps each submodule's mode as it finds it, so eval from here.
+        backbone.eval()
     module.layer_lr_decay = layer_lr_decay
     total = sum(1 for _ in backbone.parameters())
     return {"mode": mode, "frozen_parameters": len(frozen), "trainable_backbone_parameters": total - len(frozen),
