@@ -84,6 +84,11 @@ def _read(value) -> int | float:
     return value.item() if isinstance(value, torch.Tensor) else value
 
 
+def items_read(batch: dict[str, Any]) -> int:
+    """:func:`items_in_batch`, read (validation and test batches, where the monitor reads at each batch)."""
+    return int(_read(items_in_batch(batch)))
+
+
 class _Counts:
     """A training window's counts since they were last read: batches and examples (from shapes, on the
     host), items and FLOPs (numbers, or tensors on the device, added up there)."""
@@ -114,8 +119,7 @@ class ThroughputMonitor(_LightningThroughputMonitor):
     expected time (``expected_training``) when it is a minute or more."""
 
     def __init__(self, window_size: int = 20, expect_after: int = 50, **kwargs) -> None:
-        super().__init__(batch_size_fn=examples_in_batch, length_fn=lambda batch: int(_read(items_in_batch(batch))),
-                         window_size=window_size, **kwargs)
+        super().__init__(batch_size_fn=examples_in_batch, length_fn=items_read, window_size=window_size, **kwargs)
         self.window_size = window_size
         self._stage_started = time.time()
         self.time_to_first_step: dict[str, float] | None = None
