@@ -102,6 +102,22 @@ def test_the_lm_training_step_compiles_to_one_graph_that_never_recompiles(tmp_pa
         assert len(masked_counts) > 2
 
 
+def test_a_compiled_module_pickles_and_compiles_again_where_it_lands(tokenizers):
+    """ddp_spawn sends the module to its processes by pickle: the compiled function stays behind and each
+    process compiles its own at its first step."""
+    import pickle
+
+    module = _module("mlm", tokenizers["mlm"]).eval()
+    apply_speed(module, compile=True, compile_backend="aot_eager")
+    batch = module.build_collator(tokenizers["mlm"])([tokenizers["mlm"](t) for t in _texts(4, seed=9)])
+    loss = module.training_forward(batch)[0]
+    assert module._compiled_step is not None
+    copy_ = pickle.loads(pickle.dumps(module))
+    assert copy_._compiled_step is None and copy_._compile_settings == {"mode": None, "backend": "aot_eager"}
+    torch.testing.assert_close(copy_.training_forward(batch)[0], loss)
+    assert copy_._compiled_step is not None
+
+
 def test_line_data_keeps_its_short_last_batch(tmp_path):
     corpus = write_corpus(tmp_path / "train.txt", 20, seed=3)
     data = TextLMDataModule(train_files=[str(corpus)], tokenizer_type="wordpiece", vocab_size=200, max_length=24,

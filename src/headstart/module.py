@@ -32,7 +32,8 @@ class HeadstartModule(pl.LightningModule):
     #: Objectives whose training forward pass and loss (``step_forward``) compile as one graph
     #: (``fullgraph=True``, static shapes): ``speed.compile`` compiles that function, not the network alone.
     compiles_step = False
-    _compiled_step = None  # set by compile_for_training
+    _compiled_step = None  # compiled at the first training step after compile_for_training
+    _compile_settings: dict[str, Any] | None = None
     #: The tokenizer's vocabulary size when ``speed.pad_vocab_to_multiple_of`` padded the network's
     #: vocabulary matrices (see :meth:`pad_vocab`); None: not padded.
     padded_vocab_from: int | None = None
@@ -83,21 +84,29 @@ class HeadstartModule(pl.LightningModule):
         return self.forward
 
     def training_forward(self, batch):
-        """``step_forward``, compiled when ``speed.compile`` compiled it (see :meth:`compile_for_training`)."""
+        """``step_forward``, compiled when ``speed.compile`` asked for it (see :meth:`compile_for_training`)."""
+        if self._compiled_step is None and self._compile_settings is not None:
+            self._compiled_step = torch.compile(self.step_forward, fullgraph=True, dynamic=False,
+                                                **self._compile_settings)
         return (self._compiled_step or self.step_forward)(batch)
 
     def compile_for_training(self, mode: str | None = None, backend: str = "inductor") -> None:
         """torch.compile the training step (``compiles_step``: forward and loss as one graph that does not
-        recompile from step to step) or else the network, in place (its parameter names, so checkpoints
-        and exports, stay the same). Evaluation runs the network as it is."""
+        recompile from step to step, compiled at the first step) or else the network, in place (its
+        parameter names, so checkpoints and exports, stay the same). Evaluation runs the network as it is."""
         if self.compiles_step:
             # A stage's own graphs: those of an earlier stage in this process (a pipeline, a multirun) would
             # count towards the recompile limit, which fails a fullgraph step.
             torch._dynamo.reset()
-            self._compiled_step = torch.compile(self.step_forward, fullgraph=True, dynamic=False, mode=mode,
-                                                backend=backend)
+            self._compile_settings, self._compiled_step = {"mode": mode, "backend": backend}, None
         else:
             self.net.compile(mode=mode, backend=backend)
+
+    def __getstate__(self) -> dict[str, Any]:
+        # A compiled function does not pickle (ddp_spawn sends the module to its processes): each
+        # process compiles its own at its first step.
+        state = super().__getstate__() if hasattr(super(), "__getstate__") else self.__dict__
+        return {**state, "_compiled_step": None}
 
     def pad_vocab(self, multiple: int) -> bool:
         """Pad the network's vocabulary (input and output embedding matrices) to a multiple of ``multiple``
