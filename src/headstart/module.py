@@ -105,8 +105,7 @@ class HeadstartModule(pl.LightningModule):
     def __getstate__(self) -> dict[str, Any]:
         # A compiled function does not pickle (ddp_spawn sends the module to its processes): each
         # process compiles its own at its first step.
-        state = super().__getstate__() if hasattr(super(), "__getstate__") else self.__dict__
-        return {**state, "_compiled_step": None}
+        return {**super().__getstate__(), "_compiled_step": None}
 
     def pad_vocab(self, multiple: int) -> bool:
         """Pad the network's vocabulary (input and output embedding matrices) to a multiple of ``multiple``

@@ -19,6 +19,18 @@ def without_full_attention_mask(batch):
     return batch
 
 
+class _MaskFreeWhenUnpadded:
+    """Mixed into a transformers collator: its batches lose an all-ones attention mask (see
+    :func:`without_full_attention_mask`), unless ``keep_attention_mask`` (batches padded to one length
+    keep one set of keys, so a compiled step sees one structure)."""
+
+    keep_attention_mask = False
+
+    def __call__(self, examples, return_tensors=None):
+        batch = super().__call__(examples, return_tensors)
+        return batch if self.keep_attention_mask else without_full_attention_mask(batch)
+
+
 def prediction_capacity(positions: int, probability: float) -> int:
     """The most masked positions a batch of ``positions`` tokens carries: the mean count plus five
     standard deviations of the binomial draw (a batch goes over it with odds below 1 in 3 million;
@@ -31,13 +43,10 @@ def prediction_capacity(positions: int, probability: float) -> int:
     return min(positions, 8 * math.ceil(bound / 8))
 
 
-class CappedMaskingCollator(DataCollatorForLanguageModeling):
+class CappedMaskingCollator(_MaskFreeWhenUnpadded, DataCollatorForLanguageModeling):
     """transformers' masking collator (BERT's 80/10/10 masking of ``mlm_probability`` of the tokens)
     that never masks more than :func:`prediction_capacity` tokens of a batch, without the attention
-    mask of a batch with no padding (unless ``keep_attention_mask``: batches padded to one length keep
-    one set of keys, so a compiled step sees one structure)."""
-
-    keep_attention_mask = False
+    mask of a batch with no padding."""
 
     def torch_mask_tokens(self, inputs, special_tokens_mask=None, offset_mapping=None):
         original = inputs.clone()
@@ -52,21 +61,10 @@ class CappedMaskingCollator(DataCollatorForLanguageModeling):
             inputs[restore], labels[restore] = original[restore], -100
         return inputs, labels
 
-    def __call__(self, examples, return_tensors=None):
-        batch = super().__call__(examples, return_tensors)
-        return batch if self.keep_attention_mask else without_full_attention_mask(batch)
 
-
-class UnpaddedCausalCollator(DataCollatorForLanguageModeling):
+class UnpaddedCausalCollator(_MaskFreeWhenUnpadded, DataCollatorForLanguageModeling):
     """transformers' collator for causal LM (labels are the inputs, padding -> -100; ``forward`` shifts
-    them), without the attention mask of a batch that has no padding (see :func:`without_full_attention_mask`),
-    unless ``keep_attention_mask``."""
-
-    keep_attention_mask = False
+    them), without the attention mask of a batch that has no padding."""
 
     def __init__(self, tokenizer, **kwargs) -> None:
         super().__init__(tokenizer, mlm=False, **kwargs)
-
-    def __call__(self, examples, return_tensors=None):
-        batch = super().__call__(examples, return_tensors)
-        return batch if self.keep_attention_mask else without_full_attention_mask(batch)

@@ -47,10 +47,7 @@ class TextRegressionDataModule(TextClassificationDataModule):
                         f"rows have {width}. Give every row the same number of targets."
                     )
         self.num_targets = width
-        train = [self._target(v) for v in raw["train"][column]]
-        self.target_mean = [sum(col) / len(col) for col in zip(*train, strict=True)]
-        self.target_std = [math.sqrt(sum((v - m) ** 2 for v in col) / len(col))
-                           for col, m in zip(zip(*train, strict=True), self.target_mean, strict=True)]
+        self.target_mean, self.target_std = mean_and_std([self._target(v) for v in raw["train"][column]])
         if min(self.target_std) == 0.0:
             raise DataError(
                 f"Every training row has the same target in {column!r} ({self.target_mean}); there is nothing to "
@@ -78,13 +75,10 @@ class TextRegressionDataModule(TextClassificationDataModule):
         # A correlation needs two rows.
         self.datasets["train"] = self.label_amount.subset(self.datasets["train"], self.seed, minimum=2)
         if not self.label_amount.everything:  # scaled by the labels the run keeps, none of the others'
-            import numpy as np
-
-            train = self.datasets["train"]
-            kept = np.array(train.with_format("numpy")["labels"], dtype=np.float64).reshape(len(train), -1)
-            self.target_mean = kept.mean(0).tolist()
+            kept = [t if isinstance(t, list) else [t] for t in self.datasets["train"].with_format(None)["labels"]]
+            self.target_mean, std = mean_and_std(kept)
             # A target every kept row shares is left unscaled (std 1), not divided by zero.
-            self.target_std = [std or 1.0 for std in kept.std(0).tolist()]
+            self.target_std = [s or 1.0 for s in std]
 
     def _new_label(self, value, where: str):
         """A row's target(s) as the head takes them: as many numbers as the model predicts."""
@@ -112,3 +106,10 @@ def parse_target(value) -> list[float] | None:
     if not values or not all(isinstance(v, Real) and not isinstance(v, bool) and math.isfinite(v) for v in values):
         return None
     return [float(v) for v in values]
+
+
+def mean_and_std(targets: list[list[float]]) -> tuple[list[float], list[float]]:
+    """Each target's mean and (population) standard deviation over ``targets`` (a list per row)."""
+    columns = list(zip(*targets, strict=True))
+    mean = [sum(col) / len(col) for col in columns]
+    return mean, [math.sqrt(sum((v - m) ** 2 for v in col) / len(col)) for col, m in zip(columns, mean, strict=True)]
